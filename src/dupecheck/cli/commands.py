@@ -1,0 +1,139 @@
+"""dupecheck index | check | info."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .. import report
+from ..engines import DEFAULT_MODEL, ModelSpec, get_model_spec, load_engine
+from ..engines.weights import file_sha256, resolve_weights
+from ..errors import EXIT_OK, EXIT_POSTED, EXIT_USAGE, IndexUnusable, WeightsUnavailable
+from ..indexer import build_index
+from ..search import DEFAULT_TOP_K, NEW, check_photos, validate_threshold
+from ..store import Index, open_index
+from .app import app, err, error_boundary, out
+from .options import IndexDir, JsonOut, ModelName, Quiet, WeightsPath
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=err, transient=True,
+                    disable=quiet or not err.is_terminal)
+
+
+@app.command()
+@error_boundary
+def index(
+    archives: Annotated[list[Path], typer.Argument(
+        help="The export: its zip(s) (all parts of a split export) or folder(s); "
+             "or a plain folder of photos.", show_default=False)],
+    index_dir: IndexDir,
+    model: ModelName = None,
+    weights: WeightsPath = None,
+    rebuild: Annotated[bool, typer.Option(
+        "--rebuild", help="Start this index anew instead of refusing a mismatched one.")] = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    """Index an Instagram export: the index then holds exactly these archives' photos."""
+    spec = get_model_spec(model or DEFAULT_MODEL)
+    weights_path = resolve_weights(spec, weights)
+    with _progress(quiet or json_out) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        summary = build_index(archives, index_dir, spec, weights_path, rebuild=rebuild,
+                              progress=on_progress)
+    for line in summary.errors:
+        err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False, markup=True,
+                  soft_wrap=True)
+    if json_out:
+        out.print_json(data=report.index_document(summary))
+    elif not quiet:
+        report.render_index_summary(out, summary)
+
+
+def _index_model(index: Index, model: str | None) -> ModelSpec:
+    if model:
+        return get_model_spec(model)
+    if not index.models:
+        raise IndexUnusable("the index holds no embeddings", index.root)
+    name = DEFAULT_MODEL if DEFAULT_MODEL in index.models else sorted(index.models)[0]
+    return get_model_spec(name)
+
+
+def _weights_for(index: Index, spec: ModelSpec, weights: Path | None) -> Path:
+    """The weights the index was built with, verified by SHA-256."""
+    entry = index.models.get(spec.name)
+    if entry is None:
+        index.embeddings(spec.name)  # raises the clear "holds no ... embeddings" error
+        raise AssertionError
+    path = resolve_weights(spec, weights, Path(entry.weights_path))
+    sha = file_sha256(path)
+    if sha != entry.weights_sha256:
+        raise WeightsUnavailable(
+            f"not the weights this index was built with (SHA-256 {sha[:12]}..., the index "
+            f"has {entry.weights_sha256[:12]}...); pass those with --weights, or re-index", path)
+    if entry.preprocessing != spec.preprocessing:
+        raise IndexUnusable(f"the index's {spec.name} embeddings used other preprocessing "
+                            f"({entry.preprocessing}); re-index with --rebuild", index.root)
+    return path
+
+
+@app.command()
+@error_boundary
+def check(
+    photos: Annotated[list[Path], typer.Argument(help="Photos to check.", show_default=False)],
+    index_dir: IndexDir,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1,
+                                       help="Archive photos to list per photo.")] = DEFAULT_TOP_K,
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", "-t", help="Cosine for 'similar', in (0, 1]; 1.0 turns it off. "
+        "Default: the index's calibrated value, else the model's.")] = None,
+    model: ModelName = None,
+    weights: WeightsPath = None,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    """Check photos against the index. Exit 0: all new; 1: some already posted."""
+    if threshold is not None:
+        validate_threshold(threshold)
+    index = open_index(index_dir)
+    spec = _index_model(index, model)
+    weights_path = _weights_for(index, spec, weights)
+    entry = index.models[spec.name]
+    thr = threshold if threshold is not None else (entry.threshold or spec.default_threshold)
+    engine = load_engine(spec, weights_path)
+    results = check_photos(photos, index, spec, engine, thr, top_k)
+    for r in results:
+        if r.error:
+            err.print(f"[bold red]error:[/bold red] {r.error}", highlight=False, soft_wrap=True)
+    if json_out:
+        out.print_json(data=report.check_document(spec.name, thr, results))
+    elif not quiet:
+        report.render_check(out, spec.name, thr, results)
+    code = EXIT_OK
+    if any(r.verdict not in (None, NEW) for r in results):
+        code = EXIT_POSTED
+    if any(r.error for r in results):
+        code = EXIT_USAGE
+    raise typer.Exit(code)
+
+
+@app.command()
+@error_boundary
+def info(index_dir: IndexDir, json_out: JsonOut = False) -> None:
+    """What the index holds: photos by kind, models and weights, dates, archives."""
+    index = open_index(index_dir)
+    if json_out:
+        out.print_json(data=report.info_document(index))
+    else:
+        report.render_info(out, index)

@@ -1,0 +1,33 @@
+"""Options shared by every command, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from platformdirs import user_data_dir
+
+from ..engines import MODELS
+
+
+def default_index_dir() -> Path:
+    return Path(user_data_dir("dupecheck")) / "index"
+
+
+def _model_names() -> str:
+    return ", ".join(sorted(MODELS))
+
+
+IndexDir = Annotated[Path, typer.Option(
+    "--index", envvar="DUPECHECK_INDEX", default_factory=default_index_dir,
+    show_default="the user data dir", file_okay=False,
+    help="Index directory.")]
+ModelName = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Embedding model: resnet50 (default) or mobileclip-s2.")]
+WeightsPath = Annotated[Path | None, typer.Option(
+    "--weights", envvar="DUPECHECK_WEIGHTS", dir_okay=False,
+    help="Local checkpoint instead of the library cache (torchvision state dict for "
+         "resnet50, open_clip checkpoint for mobileclip-s2).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]

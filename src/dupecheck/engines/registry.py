@@ -1,0 +1,114 @@
+"""One frozen spec per model: the model and its preprocessing can never drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UsageError
+from ..imaging import to_model_input
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's released weights come from, and where the library caches them."""
+
+    filename: str
+    cache: str  # "torch-hub" or "huggingface"
+    url: str | None = None  # torch-hub: the direct download
+    hf_repo: str | None = None  # huggingface: the repository holding `filename`
+
+    @property
+    def where(self) -> str:
+        if self.url:
+            return self.url
+        return f"https://huggingface.co/{self.hf_repo}/blob/main/{self.filename}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that decides what a model's embeddings mean."""
+
+    name: str
+    dim: int
+    resize: int  # shorter side, bilinear with antialiasing
+    crop: int  # centre crop, square
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    default_threshold: float  # cosine; see README "How the thresholds were chosen"
+    builder: str  # "module:function" that returns an Engine, imported on use
+    weights: WeightsSource | None = None
+    batch_size: int = 16  # images per forward pass; larger models take fewer
+    preprocessing_version: int = 1
+
+    @property
+    def preprocessing(self) -> str:
+        """A fingerprint of the preprocessing, recorded in every index."""
+        mean = ",".join(f"{m:g}" for m in self.mean)
+        std = ",".join(f"{s:g}" for s in self.std)
+        return (f"v{self.preprocessing_version}:resize{self.resize}-bilinear-aa:"
+                f"crop{self.crop}:mean{mean}:std{std}")
+
+    @property
+    def draft_size(self) -> int:
+        """JPEGs may decode this small: every Instagram crop still covers the model input."""
+        return 2 * max(self.resize, self.crop)
+
+    def to_input(self, img: Image.Image) -> np.ndarray:
+        return to_model_input(img, self.resize, self.crop, self.mean, self.std)
+
+
+MODELS: dict[str, ModelSpec] = {}
+DEFAULT_MODEL = "resnet50"
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    MODELS[spec.name] = spec
+    return spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        known = ", ".join(sorted(MODELS))
+        raise UsageError(f"unknown model '{name}' (known: {known})") from None
+
+
+register_model(ModelSpec(
+    name="resnet50",
+    dim=2048,
+    resize=232,
+    crop=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    default_threshold=0.90,
+    builder="dupecheck.engines.torch_models:build_resnet50",
+    weights=WeightsSource(
+        filename="resnet50-11ad3fa6.pth",
+        cache="torch-hub",
+        url="https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    ),
+))
+
+register_model(ModelSpec(
+    name="mobileclip-s2",
+    dim=512,
+    resize=256,
+    crop=256,
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    default_threshold=0.92,
+    batch_size=8,
+    builder="dupecheck.engines.torch_models:build_mobileclip_s2",
+    weights=WeightsSource(
+        filename="open_clip_model.safetensors",
+        cache="huggingface",
+        hf_repo="apple/MobileCLIP-S2-OpenCLIP",
+    ),
+))

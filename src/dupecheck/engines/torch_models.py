@@ -1,0 +1,115 @@
+"""ResNet-50 (torchvision) and MobileCLIP-S2 (open_clip) on PyTorch.
+
+Weights always come from a local file through `load_state_dict`: no pickle is
+executed (safetensors, or torch.load with weights_only=True).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import WeightsUnavailable
+from .registry import ModelSpec
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors or a torch checkpoint, never unpickling code."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsUnavailable(f"not a loadable checkpoint ({reason[:200]})", path) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise WeightsUnavailable("checkpoint holds no state dict", path)
+    if all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _load_into(model: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
+    state = load_state_dict(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise WeightsUnavailable(f"not a {spec.name} checkpoint ({first[:200]})", path) from exc
+
+
+class TorchEngine:
+    """Eager PyTorch on whatever device is best (CUDA, MPS, else the CPU)."""
+
+    def __init__(self, spec: ModelSpec, module: torch.nn.Module, channels_last: bool) -> None:
+        self.spec = spec
+        self.device = ("cuda" if torch.cuda.is_available()
+                       else "mps" if torch.backends.mps.is_available() else "cpu")
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.channels_last = channels_last
+        self.module = module.eval().to(self.device)
+        if channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.module(x).float()
+        out = torch.nn.functional.normalize(out, dim=1)
+        return out.cpu().numpy()
+
+
+def resnet50_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Module:
+    """torchvision's ResNet-50 with its classifier removed: (N, 2048) pooled features."""
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None)
+    if weights is not None:
+        _load_into(model, weights, spec)
+    model.fc = torch.nn.Identity()
+    return model
+
+
+def build_resnet50(spec: ModelSpec, weights: Path) -> TorchEngine:
+    return TorchEngine(spec, resnet50_module(weights, spec), channels_last=True)
+
+
+def mobileclip_s2_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Module:
+    """open_clip's MobileCLIP-S2 image tower, reparameterised (train-time branches fused)."""
+    import open_clip
+    from timm.utils.model import reparameterize_model
+
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # open_clip warns that it built the model without weights
+    try:
+        model = open_clip.create_model("MobileCLIP-S2", pretrained=None)
+    finally:
+        quiet.setLevel(level)
+    if weights is not None:
+        _load_into(model, weights, spec)
+    visual = model.visual
+    visual.eval()
+    return reparameterize_model(visual)
+
+
+def build_mobileclip_s2(spec: ModelSpec, weights: Path) -> TorchEngine:
+    return TorchEngine(spec, mobileclip_s2_module(weights, spec), channels_last=True)
+
+
+def download_to_torch_hub(url: str, dest: Path) -> Path:
+    """torch.hub's own downloader: progress bar on stderr, written atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(url, str(dest), progress=True)
+    return dest

@@ -1,0 +1,126 @@
+"""Finding model weights: a local file, the libraries' standard caches, or a download.
+
+The SHA-256 of the file used is recorded in the index; a stat-keyed cache
+saves re-hashing a 100-400 MB file on every check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..errors import WeightsUnavailable
+from .registry import ModelSpec
+
+
+def torch_hub_dir() -> Path:
+    """torch.hub.get_dir() without importing torch."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
+    return Path(os.path.expanduser(home)) / "hub"
+
+
+def cached_weights(spec: ModelSpec) -> Path | None:
+    """The released weights in the library's cache, if they are there."""
+    src = spec.weights
+    if src is None:
+        return None
+    if src.cache == "torch-hub":
+        path = torch_hub_dir() / "checkpoints" / src.filename
+        return path if path.is_file() else None
+    if src.cache == "huggingface":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(src.hf_repo or "", src.filename)
+        return Path(found) if isinstance(found, str) else None
+    return None
+
+
+def how_to_get(spec: ModelSpec) -> str:
+    src = spec.weights
+    if src is None:
+        return f"model '{spec.name}' has no published weights: pass --weights PATH"
+    if src.cache == "torch-hub":
+        target = torch_hub_dir() / "checkpoints"
+        return f"download {src.url} into {target}/, or pass --weights PATH"
+    return (f"download {src.filename} from https://huggingface.co/{src.hf_repo} and pass "
+            f"--weights PATH (or set DUPECHECK_WEIGHTS)")
+
+
+def download_weights(spec: ModelSpec) -> Path:
+    """Download the released weights into the library's cache, with a progress bar."""
+    src = spec.weights
+    if src is None:
+        raise WeightsUnavailable(how_to_get(spec))
+    try:
+        if src.cache == "torch-hub":
+            from .torch_models import download_to_torch_hub
+
+            return download_to_torch_hub(src.url or "", torch_hub_dir() / "checkpoints" /
+                                         src.filename)
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(src.hf_repo or "", src.filename))
+    except WeightsUnavailable:
+        raise
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsUnavailable(
+            f"no {spec.name} weights: not cached and the download failed ({reason[:160]}); "
+            + how_to_get(spec)) from exc
+
+
+def resolve_weights(spec: ModelSpec, explicit: Path | None = None,
+                    recorded: Path | None = None, download: bool = True) -> Path:
+    """The weights file to use: --weights, else the index's, else the cache, else download."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise WeightsUnavailable("weights file not found", explicit)
+        return explicit
+    if recorded is not None and recorded.is_file():
+        return recorded
+    cached = cached_weights(spec)
+    if cached is not None:
+        return cached
+    if not download:
+        raise WeightsUnavailable(f"no {spec.name} weights cached; " + how_to_get(spec))
+    return download_weights(spec)
+
+
+def _hash_cache_file() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("dupecheck")) / "weights-sha256.json"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a weights file, remembered by (path, size, mtime)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _hash_cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache.get(key), str):
+        return cache[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
+    cache[key] = value
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a cache, not a record
+    return value

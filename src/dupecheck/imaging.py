@@ -1,0 +1,190 @@
+"""Decode photos: bytes -> upright RGB, Instagram's crops, model input tensors.
+
+Every decoded image is upright (EXIF orientation applied first) and RGB (CMYK,
+palette, 16-bit and alpha composited on white all end the same way), so that a
+phone's original and Instagram's re-encoded copy meet on equal terms.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError
+from .formats import IMAGE_FORMATS, sniff
+
+# Larger than any camera (a 100 MP sensor is 11648 x 8736); a bomb declares more.
+MAX_PIXELS = 120_000_000
+
+# Instagram shows photos between 4:5 and 1.91:1 (width:height); 1:1 is common.
+CROP_VARIANTS: tuple[tuple[str, float], ...] = (("4:5", 4 / 5), ("1:1", 1.0), ("1.91:1", 1.91))
+FULL_FRAME = "full"
+# A crop that changes a side by less than this is the full frame again.
+MIN_CROP_CHANGE = 0.02
+
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 36867
+_OFFSET_TIME_ORIGINAL = 36881
+
+_openers_registered = False
+
+
+def _register_openers() -> None:
+    global _openers_registered
+    if not _openers_registered:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        _openers_registered = True
+
+
+@dataclass
+class DecodedPhoto:
+    """An upright RGB photo and the camera time from its EXIF, if any."""
+
+    image: Image.Image
+    taken_at: str | None
+
+
+def decode(data: bytes, name: str, draft: int | None = None) -> DecodedPhoto:
+    """Decode a photo; `draft` lets JPEGs decode at reduced size, never below draft x draft.
+
+    Raises ImageError naming the file and the reason.
+    """
+    _register_openers()
+    fmt = sniff(data[:64])
+    if not data:
+        raise ImageError("empty file", name)
+    if fmt not in IMAGE_FORMATS:
+        kind = f"a {fmt} video" if fmt in ("mp4", "webm") else "an unknown format"
+        raise ImageError(f"not a photo ({kind})", name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise ImageError(f"{width} x {height} pixels, over the {MAX_PIXELS}-pixel limit", name)
+        if width < 1 or height < 1:
+            raise ImageError("image has no pixels", name)
+        if draft and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))
+        taken_at = _exif_taken_at(img)
+        try:
+            upright = ImageOps.exif_transpose(img)
+        except Exception:  # absurd EXIF: keep the pixels as stored
+            upright = img
+        upright = upright if upright is not None else img
+        upright.load()
+        return DecodedPhoto(to_rgb(upright), taken_at)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"decompression bomb refused ({exc})", name) from exc
+    except Exception as exc:  # Pillow raises many types for broken files
+        reason = str(exc) or type(exc).__name__
+        raise ImageError(f"cannot decode {fmt} ({reason})", name) from exc
+
+
+def _exif_taken_at(img: Image.Image) -> str | None:
+    """EXIF DateTimeOriginal as ISO 8601 (camera local time, with offset when recorded)."""
+    try:
+        ifd = img.getexif().get_ifd(_EXIF_IFD)
+        raw = ifd.get(_DATETIME_ORIGINAL)
+        if not isinstance(raw, str):
+            return None
+        date, _, time = raw.strip("\x00 ").partition(" ")
+        iso = date.replace(":", "-") + "T" + time
+        if len(iso) != 19 or iso.startswith("0000"):
+            return None
+        offset = ifd.get(_OFFSET_TIME_ORIGINAL)
+        if isinstance(offset, str) and len(offset.strip("\x00 ")) == 6:
+            iso += offset.strip("\x00 ")
+        return iso
+    except Exception:
+        return None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited on white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = arr.max(initial=0)
+        if mode.startswith("I;16") or (mode == "I" and peak > 255):
+            arr = arr / 257  # 16-bit samples
+        elif mode == "F" and peak <= 1.0:
+            arr = arr * 255
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        mode == "P" and "transparency" in img.info
+    ) or (mode in ("L", "RGB") and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def centre_crop_to_aspect(img: Image.Image, aspect: float) -> Image.Image:
+    """The largest centred crop with width / height == aspect."""
+    width, height = img.size
+    if width / height > aspect:
+        new_w = max(1, round(height * aspect))
+        left = (width - new_w) // 2
+        return img.crop((left, 0, left + new_w, height))
+    new_h = max(1, round(width / aspect))
+    top = (height - new_h) // 2
+    return img.crop((0, top, width, top + new_h))
+
+
+def crop_variants(img: Image.Image) -> list[tuple[str, Image.Image]]:
+    """The full frame and each distinct centre crop Instagram could have posted."""
+    variants = [(FULL_FRAME, img)]
+    width, height = img.size
+    for name, aspect in CROP_VARIANTS:
+        crop = centre_crop_to_aspect(img, aspect)
+        cw, ch = crop.size
+        if 1 - (cw * ch) / (width * height) >= MIN_CROP_CHANGE:
+            variants.append((name, crop))
+    return variants
+
+
+def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
+    """torchvision's Resize(int) on a PIL image: the same size rule, PIL's antialiased bilinear."""
+    width, height = img.size
+    short, long = (width, height) if width <= height else (height, width)
+    if short == size:
+        return img
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    return img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+
+
+def centre_crop(img: Image.Image, size: int) -> Image.Image:
+    """torchvision's CenterCrop rounding, for images at least size x size."""
+    width, height = img.size
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_model_input(
+    img: Image.Image,
+    resize: int,
+    crop: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> np.ndarray:
+    """An upright RGB image -> a (3, crop, crop) float32 array, as the model was trained."""
+    pixels = centre_crop(resize_shorter_side(img, resize), crop)
+    arr = np.asarray(pixels, dtype=np.float32) * (1 / 255.0)
+    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -1,0 +1,300 @@
+"""`dupecheck index`: archive -> decoded photos -> hashes and embeddings -> a new index.
+
+Work already done is never done again: embeddings are reused by content hash
+from the previous index and from the finished batches of an interrupted run.
+The model is only loaded when something new needs embedding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from .archive import KIND_PHOTO, KIND_UNLISTED, Archive, PhotoRecord, Problem, scan_archive
+from .engines import Engine, ModelSpec, load_engine
+from .engines.weights import file_sha256
+from .errors import ArchiveError, ImageError, IndexUnusable
+from .evidence import PDQ_BYTES, pdq_hash, sha256_bytes
+from .imaging import decode
+from .store import (
+    Index,
+    IndexedPhoto,
+    ModelEntry,
+    Staging,
+    index_exists,
+    open_index,
+    write_index,
+    writer_lock,
+)
+
+ProgressHook = Callable[[str, int, int], None]  # (stage, done, total)
+EngineLoader = Callable[[ModelSpec, Path], Engine]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class IndexSummary:
+    """What an `index` run did, for the summary table and --json."""
+
+    index: str
+    model: str
+    photos: int = 0
+    embedded: int = 0
+    reused: int = 0
+    videos: int = 0
+    subtitles: int = 0
+    missing: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    dropped_models: list[str] = field(default_factory=list)
+    layouts: list[str] = field(default_factory=list)
+    archives: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    """A photo decoded and ready for the model."""
+
+    sha256: str
+    pdq: np.ndarray
+    pixels: np.ndarray
+    taken_at: str | None
+
+
+def staging_key(spec: ModelSpec, weights_sha256: str) -> str:
+    return f"{spec.name}-{weights_sha256[:16]}-p{spec.preprocessing_version}"
+
+
+def ordered_pool_map(func: Callable[[T], R], items: Iterable[T], workers: int,
+                     ahead: int) -> Iterator[R]:
+    """Like Executor.map, in order, but never more than `ahead` items in flight (bounded memory)."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dupecheck-decode") as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def build_index(
+    archives: Sequence[Path],
+    index_dir: Path,
+    spec: ModelSpec,
+    weights: Path,
+    *,
+    rebuild: bool = False,
+    progress: ProgressHook | None = None,
+    engine_loader: EngineLoader = load_engine,
+    workers: int | None = None,
+) -> IndexSummary:
+    """Make the index hold exactly the photos of `archives`, embedded with `spec`."""
+    workers = workers or default_workers()
+    archive, scan = scan_archive(archives)
+    summary = IndexSummary(
+        index=str(index_dir), model=spec.name, videos=scan.videos, subtitles=scan.subtitles,
+        missing=scan.missing, orphans=scan.orphans, layouts=scan.layouts,
+        archives=[str(Path(a).resolve()) for a in archives],
+        errors=[str(p) for p in scan.problems])
+    with archive, writer_lock(index_dir):
+        previous = _previous_index(index_dir, rebuild)
+        weights_sha = file_sha256(weights)
+        _refuse_mismatch(previous, spec, weights_sha, rebuild)
+        staging = Staging(index_dir, staging_key(spec, weights_sha))
+
+        # 1. Content hashes of every photo (cheap: no decoding).
+        def hash_one(record: PhotoRecord) -> tuple[PhotoRecord, str | None, str | None]:
+            try:
+                return record, sha256_bytes(archive.read(record.path)), None
+            except ArchiveError as exc:
+                return record, None, exc.reason
+
+        hashed: list[tuple[PhotoRecord, str]] = []
+        for n, (record, sha, error) in enumerate(
+                ordered_pool_map(hash_one, scan.photos, workers, ahead=4 * workers), 1):
+            if sha is None:
+                summary.errors.append(f"{record.path}: {error}")
+            else:
+                hashed.append((record, sha))
+            if progress:
+                progress("reading", n, len(scan.photos))
+
+        # 2. What is already known, by content.
+        known_pdq: dict[str, np.ndarray] = {}
+        known_emb: dict[str, np.ndarray] = {}
+        exif_taken: dict[str, str | None] = {}
+        if previous is not None:
+            prev_emb = previous.embeddings(spec.name) if spec.name in previous.models else None
+            for row, photo in enumerate(previous.photos):
+                known_pdq[photo.sha256] = previous.pdq[row]
+                if prev_emb is not None:
+                    known_emb[photo.sha256] = np.asarray(prev_emb[row])
+                if photo.kind in (KIND_UNLISTED, KIND_PHOTO):
+                    exif_taken[photo.sha256] = photo.taken_at
+        for sha, staged in staging.load().items():
+            known_pdq[sha] = staged.pdq
+            known_emb[sha] = staged.embedding
+            exif_taken[sha] = staged.taken_at
+        needed: dict[str, PhotoRecord] = {}
+        for record, sha in hashed:
+            if sha not in known_emb and sha not in needed:
+                needed[sha] = record
+        summary.reused = len({sha for _, sha in hashed if sha in known_emb})
+
+        # 3. Decode and embed what is new, batch by batch; each finished batch is staged.
+        failed = _embed_new(archive, needed, spec, weights, staging, engine_loader, known_pdq,
+                            known_emb, exif_taken, summary, progress, workers)
+
+        # 4. Assemble the new generation, row-aligned.
+        rows: list[IndexedPhoto] = []
+        for record, sha in hashed:
+            if sha in failed:
+                continue
+            taken = record.taken_at
+            if record.kind in (KIND_UNLISTED, KIND_PHOTO):
+                taken = exif_taken.get(sha)
+            rows.append(IndexedPhoto(record.path, record.kind, taken, record.caption,
+                                     record.carousel_index, sha))
+        shas = [r.sha256 for r in rows]
+        pdq = (np.stack([known_pdq[s] for s in shas]) if rows
+               else np.zeros((0, PDQ_BYTES), np.uint8))
+        matrix = (np.stack([known_emb[s] for s in shas]).astype(np.float32) if rows
+                  else np.zeros((0, spec.dim), np.float32))
+        entry = ModelEntry(spec.name, spec.dim, weights_sha, str(Path(weights).resolve()),
+                           spec.preprocessing,
+                           threshold=_kept_threshold(previous, spec.name, weights_sha))
+        embeddings = {spec.name: (entry, matrix)}
+        if previous is not None:
+            embeddings.update(_realign_other_models(previous, spec.name, shas, summary))
+        write_index(index_dir, rows, pdq, embeddings, summary.archives)
+        staging.clear_all()
+        summary.photos = len(rows)
+    return summary
+
+
+def _previous_index(index_dir: Path, rebuild: bool) -> Index | None:
+    if rebuild or not index_exists(index_dir):
+        return None
+    try:
+        return open_index(index_dir)
+    except IndexUnusable as exc:
+        raise IndexUnusable(f"{exc.reason}; pass --rebuild to start a new index here",
+                            exc.path) from exc
+
+
+def _refuse_mismatch(previous: Index | None, spec: ModelSpec, weights_sha: str,
+                     rebuild: bool) -> None:
+    if previous is None or rebuild or spec.name not in previous.models:
+        return
+    entry = previous.models[spec.name]
+    if entry.weights_sha256 != weights_sha:
+        raise IndexUnusable(
+            f"this index's {spec.name} embeddings were made with other weights "
+            f"(SHA-256 {entry.weights_sha256[:12]}..., these are {weights_sha[:12]}...); "
+            f"pass --rebuild to embed everything again, or use another --index", previous.root)
+    if entry.preprocessing != spec.preprocessing:
+        raise IndexUnusable(
+            f"this index's {spec.name} embeddings used other preprocessing "
+            f"({entry.preprocessing}); pass --rebuild to embed everything again", previous.root)
+
+
+def _kept_threshold(previous: Index | None, model: str, weights_sha: str) -> float | None:
+    if previous is None or model not in previous.models:
+        return None
+    entry = previous.models[model]
+    return entry.threshold if entry.weights_sha256 == weights_sha else None
+
+
+def _realign_other_models(previous: Index, model: str, shas: list[str],
+                          summary: IndexSummary) -> dict[str, tuple[ModelEntry, np.ndarray]]:
+    """Keep another model's embeddings where they cover every photo; else drop and say so."""
+    kept: dict[str, tuple[ModelEntry, np.ndarray]] = {}
+    row_of = {p.sha256: i for i, p in enumerate(previous.photos)}
+    for name, entry in previous.models.items():
+        if name == model:
+            continue
+        if all(s in row_of for s in shas):
+            matrix = previous.embeddings(name)
+            rows = np.array([row_of[s] for s in shas], dtype=np.int64)
+            kept[name] = (entry, np.asarray(matrix[rows] if len(rows) else
+                                            np.zeros((0, entry.dim), np.float32)))
+        else:
+            summary.dropped_models.append(name)
+    return kept
+
+
+def _embed_new(
+    archive: Archive,
+    needed: dict[str, PhotoRecord],
+    spec: ModelSpec,
+    weights: Path,
+    staging: Staging,
+    engine_loader: EngineLoader,
+    known_pdq: dict[str, np.ndarray],
+    known_emb: dict[str, np.ndarray],
+    exif_taken: dict[str, str | None],
+    summary: IndexSummary,
+    progress: ProgressHook | None,
+    workers: int,
+) -> set[str]:
+    """Decode, hash and embed the new photos; returns the content hashes that failed."""
+    failed: set[str] = set()
+    if not needed:
+        return failed
+
+    def prepare(item: tuple[str, PhotoRecord]) -> _Prepared | Problem:
+        sha, record = item
+        try:
+            photo = decode(archive.read(record.path), record.path, draft=spec.draft_size)
+            return _Prepared(sha, pdq_hash(photo.image), spec.to_input(photo.image),
+                             photo.taken_at)
+        except (ArchiveError, ImageError) as exc:
+            return Problem(record.path, exc.reason)
+
+    engine: Engine | None = None
+    batch: list[_Prepared] = []
+
+    def flush() -> None:
+        nonlocal engine
+        if not batch:
+            return
+        if engine is None:
+            engine = engine_loader(spec, weights)
+        vectors = engine.embed_batch(np.stack([p.pixels for p in batch]))
+        pdqs = np.stack([p.pdq for p in batch])
+        staging.add([p.sha256 for p in batch], pdqs, vectors, [p.taken_at for p in batch])
+        for p, vec in zip(batch, vectors, strict=True):
+            known_pdq[p.sha256] = p.pdq
+            known_emb[p.sha256] = vec
+            exif_taken[p.sha256] = p.taken_at
+        summary.embedded += len(batch)
+        batch.clear()
+
+    items = list(needed.items())
+    ahead = max(2 * spec.batch_size, 2 * workers)
+    for n, result in enumerate(ordered_pool_map(prepare, items, workers, ahead), 1):
+        if isinstance(result, Problem):
+            failed.add(items[n - 1][0])
+            summary.errors.append(str(result))
+        else:
+            batch.append(result)
+            if len(batch) >= spec.batch_size:
+                flush()
+        if progress:
+            progress("embedding", n, len(items))
+    flush()
+    return failed

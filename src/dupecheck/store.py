@@ -1,0 +1,388 @@
+"""The index on disk: metadata, PDQ hashes and one embedding matrix per model.
+
+Layout of an index directory:
+
+    CURRENT                 "<generation> <sha256 of its manifest.json>"
+    gen-<id>/manifest.json  schema, models (weights SHA-256, preprocessing, dim), file hashes
+    gen-<id>/photos.json    one record per row
+    gen-<id>/pdq.npy        (N, 32) uint8, row-aligned
+    gen-<id>/embeddings-<model>.npy   (N, dim) float32, row-aligned, L2-normalised
+    staging/<key>/batch-*.npz         finished batches of an unfinished `index` run
+
+A new generation is written beside the old one and published by atomically
+replacing CURRENT, so a reader sees the previous index or the new one, never a
+mix. Every file is checked against the hashes in the manifest, and the manifest
+against CURRENT: a truncated, edited or swapped file is refused, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import IndexUnusable
+from .evidence import PDQ_BYTES
+
+FORMAT = "dupecheck-index"
+SCHEMA_VERSION = 1
+CURRENT_FILE = "CURRENT"
+MANIFEST_FILE = "manifest.json"
+PHOTOS_FILE = "photos.json"
+PDQ_FILE = "pdq.npy"
+STAGING_DIR = "staging"
+LOCK_FILE = ".lock"
+
+
+def embeddings_file(model: str) -> str:
+    return f"embeddings-{model}.npy"
+
+
+@dataclass(frozen=True)
+class IndexedPhoto:
+    """A row of the index: the archive photo's context and its content hash."""
+
+    path: str
+    kind: str
+    taken_at: str | None
+    caption: str | None
+    carousel_index: int | None
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the embeddings of one model were made with."""
+
+    name: str
+    dim: int
+    weights_sha256: str
+    weights_path: str
+    preprocessing: str
+    threshold: float | None = None  # calibrated by the person; None means the model default
+
+
+@dataclass
+class Index:
+    """One complete, verified generation of the index."""
+
+    root: Path
+    generation: str
+    photos: list[IndexedPhoto]
+    pdq: np.ndarray
+    models: dict[str, ModelEntry]
+    archives: list[str]
+    created_at: str
+    file_sha256: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def embeddings(self, model: str) -> np.ndarray:
+        """The model's (N, dim) matrix, memory-mapped read-only after verification."""
+        entry = self.models.get(model)
+        if entry is None:
+            held = ", ".join(sorted(self.models)) or "none"
+            raise IndexUnusable(f"the index holds no '{model}' embeddings (it holds: {held}); "
+                                f"run `dupecheck index ARCHIVE --model {model}`", self.root)
+        name = embeddings_file(model)
+        path = self.root / self.generation / name
+        _check_npy(path, np.dtype("<f4"), (len(self.photos), entry.dim))
+        _check_hash(path, self.file_sha256.get(name))
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def index_exists(root: Path) -> bool:
+    return (root / CURRENT_FILE).exists()
+
+
+def open_index(root: Path) -> Index:
+    """The current generation, fully verified; IndexUnusable otherwise."""
+    root = Path(root)
+    # A writer may publish a new generation and delete an old one between our reading
+    # CURRENT and opening the files: read again then.
+    for attempt in range(3):
+        try:
+            return _open_generation(root)
+        except FileNotFoundError:
+            if attempt == 2 or not index_exists(root):
+                break
+            time.sleep(0.05)
+    if not root.exists() or not index_exists(root):
+        raise IndexUnusable("no index here yet; run `dupecheck index ARCHIVE` first", root)
+    raise IndexUnusable("index files are missing (the index is damaged); "
+                        "re-run `dupecheck index ARCHIVE --rebuild`", root)
+
+
+def _open_generation(root: Path) -> Index:
+    current = (root / CURRENT_FILE).read_text(encoding="utf-8", errors="replace").split()
+    if len(current) != 2 or not current[0].startswith("gen-") or "/" in current[0]:
+        raise IndexUnusable("CURRENT is damaged; re-run `dupecheck index ARCHIVE --rebuild`",
+                            root / CURRENT_FILE)
+    generation, manifest_sha = current
+    gen_dir = root / generation
+    manifest_path = gen_dir / MANIFEST_FILE
+    manifest_bytes = manifest_path.read_bytes()
+    if hashlib.sha256(manifest_bytes).hexdigest() != manifest_sha:
+        raise IndexUnusable("manifest.json does not match the checksum it was published with "
+                            "(edited or damaged); re-run `dupecheck index ARCHIVE --rebuild`",
+                            manifest_path)
+    try:
+        manifest = json.loads(manifest_bytes)
+    except ValueError as exc:
+        raise IndexUnusable(f"manifest.json is not JSON ({exc})", manifest_path) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexUnusable("not a dupecheck index", manifest_path)
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise IndexUnusable(
+            f"index schema version {manifest.get('schema_version')!r}, this dupecheck reads "
+            f"version {SCHEMA_VERSION}; re-index with `dupecheck index ARCHIVE --rebuild`", root)
+    try:
+        count = int(manifest["count"])
+        files = {str(k): str(v) for k, v in manifest["files"].items()}
+        models = {name: ModelEntry(**entry) for name, entry in manifest["models"].items()}
+        archives = [str(a) for a in manifest.get("archives", [])]
+        created_at = str(manifest.get("created_at", ""))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IndexUnusable(f"manifest.json is malformed ({exc})", manifest_path) from exc
+
+    photos_path = gen_dir / PHOTOS_FILE
+    photos_bytes = photos_path.read_bytes()
+    if hashlib.sha256(photos_bytes).hexdigest() != files.get(PHOTOS_FILE):
+        raise IndexUnusable("photos.json does not match its checksum (edited or damaged)",
+                            photos_path)
+    try:
+        photos = [IndexedPhoto(**row) for row in json.loads(photos_bytes)]
+    except (ValueError, TypeError) as exc:
+        raise IndexUnusable(f"photos.json is malformed ({exc})", photos_path) from exc
+    if len(photos) != count:
+        raise IndexUnusable(f"photos.json has {len(photos)} rows, the manifest says {count}",
+                            photos_path)
+    pdq_path = gen_dir / PDQ_FILE
+    _check_npy(pdq_path, np.dtype("u1"), (count, PDQ_BYTES))
+    _check_hash(pdq_path, files.get(PDQ_FILE))
+    pdq = np.load(pdq_path, allow_pickle=False)
+    return Index(root, generation, photos, pdq, models, archives, created_at, files)
+
+
+def _check_npy(path: Path, dtype: np.dtype, shape: tuple[int, int]) -> None:
+    """Header and size of a .npy, checked before numpy maps it."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                found_shape, fortran, found_dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                found_shape, fortran, found_dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = fh.tell()
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # numpy raises ValueError for bad headers, pickled dtypes included
+        raise IndexUnusable(f"not a valid .npy file ({exc})", path) from exc
+    if found_dtype != dtype or fortran:
+        raise IndexUnusable(f"holds {found_dtype}{' (Fortran order)' if fortran else ''}, "
+                            f"expected {dtype}", path)
+    if tuple(found_shape) != shape:
+        raise IndexUnusable(f"holds an array of shape {tuple(found_shape)}, the index has "
+                            f"{shape}", path)
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise IndexUnusable(f"{size} bytes, expected {expected} (truncated or padded)", path)
+
+
+def _check_hash(path: Path, expected: str | None) -> None:
+    if expected is None or _file_sha256(path) != expected:
+        raise IndexUnusable("does not match its checksum in the manifest (edited or damaged)",
+                            path)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- writing -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def writer_lock(root: Path) -> Iterator[None]:
+    """One writer at a time per index; readers never wait."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise IndexUnusable("another `dupecheck index` is writing this index", root) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, write: Any) -> str:
+    with open(path, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return _file_sha256(path)
+
+
+def write_index(
+    root: Path,
+    photos: Sequence[IndexedPhoto],
+    pdq: np.ndarray,
+    embeddings: Mapping[str, tuple[ModelEntry, np.ndarray]],
+    archives: Sequence[str],
+) -> Index:
+    """Publish a new generation atomically; on any failure the previous one stays current."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    count = len(photos)
+    if pdq.shape != (count, PDQ_BYTES) or pdq.dtype != np.uint8:
+        raise ValueError(f"pdq must be ({count}, {PDQ_BYTES}) uint8, got {pdq.shape} {pdq.dtype}")
+    for name, (entry, matrix) in embeddings.items():
+        if matrix.shape != (count, entry.dim) or name != entry.name:
+            raise ValueError(f"{name}: embeddings {matrix.shape} do not fit {count} x {entry.dim}")
+    generation = f"gen-{time.time_ns()}-{secrets.token_hex(3)}"
+    tmp_dir = root / f".{generation}.tmp"
+    try:
+        tmp_dir.mkdir()
+        files: dict[str, str] = {}
+        rows = json.dumps([asdict(p) for p in photos], ensure_ascii=False).encode("utf-8",
+                                                                                  "surrogatepass")
+        files[PHOTOS_FILE] = _write_synced(tmp_dir / PHOTOS_FILE, lambda fh: fh.write(rows))
+        files[PDQ_FILE] = _write_synced(
+            tmp_dir / PDQ_FILE, lambda fh: np.save(fh, np.ascontiguousarray(pdq, np.uint8)))
+        for name, (_entry, matrix) in embeddings.items():
+            files[embeddings_file(name)] = _write_synced(
+                tmp_dir / embeddings_file(name),
+                lambda fh, m=matrix: np.save(fh, np.ascontiguousarray(m, dtype="<f4")))
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "count": count,
+            "archives": list(archives),
+            "models": {name: asdict(entry) for name, (entry, _m) in embeddings.items()},
+            "files": files,
+        }
+        manifest_bytes = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
+        manifest_sha = _write_synced(tmp_dir / MANIFEST_FILE, lambda fh: fh.write(manifest_bytes))
+        _fsync_dir(tmp_dir)
+        os.rename(tmp_dir, root / generation)
+        _fsync_dir(root)
+        current_tmp = root / f".{CURRENT_FILE}.{generation}.tmp"
+        _write_synced(current_tmp, lambda fh: fh.write(f"{generation} {manifest_sha}\n".encode()))
+        previous = _current_generation(root)
+        os.replace(current_tmp, root / CURRENT_FILE)
+        _fsync_dir(root)
+    except OSError as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        shutil.rmtree(root / generation, ignore_errors=True)
+        for leftover in root.glob(f".{CURRENT_FILE}.{generation}.tmp"):
+            leftover.unlink(missing_ok=True)
+        kept = "the previous index is intact" if index_exists(root) else "no index was written"
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno == errno.ENOSPC:
+            reason = "disk full"
+        raise IndexUnusable(f"could not write the index ({reason}); {kept}", root) from exc
+    _collect_garbage(root, keep={generation, previous or ""})
+    return open_index(root)
+
+
+def _current_generation(root: Path) -> str | None:
+    try:
+        return (root / CURRENT_FILE).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _collect_garbage(root: Path, keep: set[str]) -> None:
+    """Drop generations older than the previous one (a reader may still hold that)."""
+    for child in root.iterdir():
+        name = child.name
+        stale_gen = name.startswith("gen-") and name not in keep
+        stale_tmp = name.startswith(".gen-") and name.endswith(".tmp")
+        if stale_gen or stale_tmp:
+            shutil.rmtree(child, ignore_errors=True)
+
+
+# -- staging: finished batches of an unfinished run ------------------------------------
+
+
+@dataclass(frozen=True)
+class StagedPhoto:
+    pdq: np.ndarray
+    embedding: np.ndarray
+    taken_at: str | None
+
+
+class Staging:
+    """Finished batches, kept apart from the visible index until the run publishes.
+
+    Keyed by model, weights and preprocessing, so a batch is only ever reused for
+    the embeddings it was made for.
+    """
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.dir = Path(root) / STAGING_DIR / key
+
+    def load(self) -> dict[str, StagedPhoto]:
+        found: dict[str, StagedPhoto] = {}
+        if not self.dir.is_dir():
+            return found
+        for batch in sorted(self.dir.glob("batch-*.npz")):
+            try:
+                with np.load(batch, allow_pickle=False) as data:
+                    shas = [s.decode("ascii") for s in data["sha256"]]
+                    pdq, emb, taken = data["pdq"], data["embedding"], data["taken_at"]
+                    if not (len(shas) == len(pdq) == len(emb) == len(taken)):
+                        raise ValueError("ragged batch")
+                    for i, sha in enumerate(shas):
+                        found[sha] = StagedPhoto(pdq[i].copy(), emb[i].copy(),
+                                                 str(taken[i]) or None)
+            except Exception:
+                batch.unlink(missing_ok=True)  # a batch cut short by a crash: embed again
+        return found
+
+    def add(self, shas: Sequence[str], pdq: np.ndarray, embeddings: np.ndarray,
+            taken_at: Sequence[str | None]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"batch-{time.time_ns()}-{secrets.token_hex(3)}"
+        tmp = self.dir / f".{name}.tmp.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, sha256=np.array(shas, dtype="S64"), pdq=pdq.astype(np.uint8),
+                     embedding=embeddings.astype("<f4"),
+                     taken_at=np.array([t or "" for t in taken_at], dtype="U40"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.dir / f"{name}.npz")
+
+    def clear_all(self) -> None:
+        shutil.rmtree(self.dir.parent, ignore_errors=True)
