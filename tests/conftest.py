@@ -1,0 +1,81 @@
+"""Shared fixtures: test photos, synthetic exports, weights for the tiny and the real models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import tiny_engine  # registers the tiny-test model
+from helpers import ORIENTATION, PHOTOS, SHARED, jpeg_bytes, synthetic_photo
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+                     ) -> None:
+    """No test touches the user's caches, index or weights, and nothing is downloaded."""
+    home = tmp_path_factory.getbasetemp() / "home"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("DUPECHECK_WEIGHTS", raising=False)
+    monkeypatch.delenv("DUPECHECK_INDEX", raising=False)
+
+
+@pytest.fixture
+def shared_photos() -> Path:
+    if not PHOTOS.is_dir():
+        pytest.skip("../shared/data/photos is not beside the checkout")
+    return PHOTOS
+
+
+@pytest.fixture
+def orientation_dir() -> Path:
+    if not ORIENTATION.is_dir():
+        pytest.skip("../shared/data/orientation is not beside the checkout")
+    return ORIENTATION
+
+
+@pytest.fixture
+def photo_bytes():
+    """photo_bytes(seed) -> a distinct JPEG."""
+    return lambda seed, size=(640, 480): jpeg_bytes(synthetic_photo(seed, size))
+
+
+@pytest.fixture
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_engine.write_weights(tmp_path_factory.mktemp("w") / "tiny.npy")
+
+
+@pytest.fixture(scope="session")
+def resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real ResNet-50 architecture, random weights, saved as torchvision saves its own."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet50-random.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobileclip_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real MobileCLIP-S2 (image and text towers), random weights, as a safetensors file."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("MobileCLIP-S2", pretrained=None)
+    path = tmp_path_factory.mktemp("weights") / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def pytest_report_header() -> str:
+    return f"../shared: {'present' if SHARED.is_dir() else 'absent (its tests skip)'}; " \
+           f"cpus: {os.cpu_count()}"

@@ -1,0 +1,102 @@
+"""Builders for test photos and synthetic Instagram exports, in every layout."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PHOTOS = SHARED / "data" / "photos"
+ORIENTATION = SHARED / "data" / "orientation"
+
+
+def synthetic_photo(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """A smooth, photo-like image that differs in structure from every other seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small, "RGB").resize(size, Image.Resampling.BICUBIC)
+    arr = np.asarray(img).astype(np.int16)
+    arr = arr + rng.integers(-6, 7, size=arr.shape)  # a little sensor noise
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality, **kw)
+    return buf.getvalue()
+
+
+def encode(img: Image.Image, fmt: str, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def instagramify(data: bytes) -> bytes:
+    """What Instagram does to a photo: upright, cropped to 4:5 when taller, 1080 px wide at
+    most, re-encoded as progressive JPEG around quality 85, EXIF and ICC stripped."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    w, h = img.size
+    if h > w * 5 / 4:
+        new_h = round(w * 5 / 4)
+        top = (h - new_h) // 2
+        img = img.crop((0, top, w, top + new_h))
+    if img.width > 1080:
+        img = img.resize((1080, round(img.height * 1080 / img.width)), Image.Resampling.LANCZOS)
+    return jpeg_bytes(img, quality=85, progressive=True)
+
+
+def mojibake(text: str) -> str:
+    """How Instagram's JSON spells non-ASCII text: one \\u00XX per UTF-8 byte."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+def post(uri: str | list[str], ts: int, title: str = "", *, item_ts: int | None = None
+         ) -> dict[str, Any]:
+    """A posts_1.json entry: one media (caption on the media) or a carousel (on the post)."""
+    uris = [uri] if isinstance(uri, str) else uri
+    if len(uris) == 1:
+        return {"media": [{"uri": uris[0], "creation_timestamp": ts, "title": title,
+                           "media_metadata": {"camera_metadata": {"has_camera_metadata": False}}}]}
+    return {"media": [{"uri": u, "creation_timestamp": item_ts or ts - 60, "title": ""}
+                      for u in uris], "title": title, "creation_timestamp": ts}
+
+
+def write_tree(root: Path, files: dict[str, bytes | str | Any]) -> Path:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content)
+        else:
+            path.write_text(json.dumps(content))
+    return root
+
+
+def write_zip(path: Path, files: dict[str, bytes | str | Any]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, content in files.items():
+            if not isinstance(content, (bytes, str)):
+                content = json.dumps(content)
+            zf.writestr(name, content)
+    return path
+
+
+# Where each layout keeps posts_1.json, and how it names the other files.
+LAYOUT_DIRS = {
+    "B": "content",
+    "C": "your_instagram_activity/content",
+    "D": "your_instagram_activity/media",
+}

@@ -1,0 +1,228 @@
+"""imaging.py: every format and mode ends as upright RGB; crops; model input."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+from helpers import encode, jpeg_bytes, synthetic_photo
+from PIL import Image
+
+from dupecheck.errors import ImageError
+from dupecheck.evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash
+from dupecheck.formats import media_type, sniff
+from dupecheck.imaging import (
+    FULL_FRAME,
+    centre_crop_to_aspect,
+    crop_variants,
+    decode,
+    to_model_input,
+)
+
+
+def mean_rgb(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    return synthetic_photo(11, (320, 240))
+
+
+@pytest.mark.parametrize("fmt,kw", [
+    ("JPEG", {"quality": 95}), ("PNG", {}), ("WEBP", {"quality": 95}), ("GIF", {}),
+    ("HEIF", {"quality": 95}), ("AVIF", {"quality": 95}), ("TIFF", {}), ("BMP", {}),
+])
+def test_every_format_decodes_to_the_same_rgb(photo, fmt, kw):
+    if fmt == "HEIF":
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    decoded = decode(encode(photo, fmt, **kw), f"x.{fmt.lower()}")
+    assert decoded.image.mode == "RGB" and decoded.image.size == photo.size
+    tolerance = 12 if fmt == "GIF" else 4  # GIF is palette-quantised
+    assert np.abs(mean_rgb(decoded.image) - mean_rgb(photo)).max() < tolerance
+    if fmt != "GIF":  # dithering to 256 colours moves PDQ bits on smooth gradients
+        assert pdq_distances(pdq_hash(photo)[None], pdq_hash(decoded.image))[0] <= 24
+
+
+def test_gif_and_webp_animations_take_the_first_frame(photo):
+    other = synthetic_photo(12, photo.size)
+    for fmt in ("GIF", "WEBP"):
+        data = encode(photo, fmt, save_all=True, append_images=[other], duration=100)
+        decoded = decode(data, f"anim.{fmt.lower()}").image
+        got = np.asarray(decoded, np.float64)
+        to_first = np.abs(got - np.asarray(photo, np.float64)).mean()
+        to_second = np.abs(got - np.asarray(other, np.float64)).mean()
+        assert to_first < 10 < to_second, fmt
+
+
+def test_cmyk_jpeg_becomes_rgb(photo):
+    decoded = decode(jpeg_bytes(photo.convert("CMYK"), quality=95), "cmyk.jpg").image
+    assert decoded.mode == "RGB"
+    assert np.abs(mean_rgb(decoded) - mean_rgb(photo)).max() < 6
+
+
+def test_palette_with_transparency_is_composited_on_white():
+    img = Image.new("P", (40, 40), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    img.paste(1, (0, 0, 20, 40))  # left half red, right half "transparent black"
+    data = encode(img, "PNG", transparency=0)
+    decoded = decode(data, "p.png").image
+    assert decoded.getpixel((5, 5)) == (255, 0, 0)
+    assert decoded.getpixel((35, 5)) == (255, 255, 255)
+
+
+def test_alpha_is_composited_on_white():
+    rgba = Image.new("RGBA", (10, 10), (0, 0, 255, 0))
+    rgba.putpixel((0, 0), (0, 0, 255, 255))
+    decoded = decode(encode(rgba, "PNG"), "a.png").image
+    assert decoded.getpixel((0, 0)) == (0, 0, 255)
+    assert decoded.getpixel((5, 5)) == (255, 255, 255)
+    la = Image.new("LA", (4, 4), (0, 0))
+    assert decode(encode(la, "PNG"), "la.png").image.getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_sixteen_bit_png_keeps_its_tones():
+    ramp = (np.arange(64, dtype=np.uint16)[None, :].repeat(8, 0) * 1024)  # 0..64512
+    img = Image.fromarray(ramp)  # mode I;16
+    decoded = decode(encode(img, "PNG"), "16.png").image
+    row = np.asarray(decoded)[0, :, 0]
+    assert decoded.mode == "RGB"
+    assert row[0] == 0 and 248 <= row[-1] <= 252  # scaled, not clipped to white
+    assert np.all(np.diff(row.astype(int)) >= 0)
+
+
+def test_grayscale_and_one_bit_become_rgb(photo):
+    for mode in ("L", "1"):
+        decoded = decode(encode(photo.convert(mode), "PNG"), f"{mode}.png").image
+        assert decoded.mode == "RGB"
+
+
+def test_jpeg_draft_decodes_smaller_but_never_below_the_request():
+    big = synthetic_photo(3, (2400, 1800))
+    full = decode(jpeg_bytes(big), "big.jpg").image
+    small = decode(jpeg_bytes(big), "big.jpg", draft=448).image
+    assert full.size == (2400, 1800)
+    assert small.size[0] < 2400 and min(small.size) >= 448
+    assert pdq_distances(pdq_hash(full)[None], pdq_hash(small))[0] <= 8
+
+
+def test_exif_orientation_is_applied(photo):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to show
+    stored = photo.transpose(Image.Transpose.ROTATE_90)
+    decoded = decode(jpeg_bytes(stored, quality=95, exif=exif), "r.jpg").image
+    assert decoded.size == photo.size
+    assert pdq_distances(pdq_hash(photo)[None], pdq_hash(decoded))[0] <= 16
+
+
+@pytest.mark.parametrize("value", [0, 9, 65535])
+def test_absurd_orientation_is_ignored(photo, value):
+    exif = Image.Exif()
+    exif[0x0112] = value
+    decoded = decode(jpeg_bytes(photo, exif=exif), "o.jpg").image
+    assert decoded.size == photo.size
+
+
+def test_exif_date_time_original(photo):
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[36867] = "2022:07:17 09:33:32"
+    assert decode(jpeg_bytes(photo, exif=exif), "d.jpg").taken_at == "2022-07-17T09:33:32"
+    assert decode(jpeg_bytes(photo), "n.jpg").taken_at is None
+
+
+def test_orientation_set_hashes_alike_once_upright(orientation_dir):
+    """The eight EXIF orientations of one photo meet within PDQ's threshold once upright."""
+    for group in ("landscape", "portrait"):
+        files = [orientation_dir / f"{group}_{n}.jpg" for n in range(1, 9)]
+        upright = [pdq_hash(decode(f.read_bytes(), f.name).image) for f in files]
+        raw = [pdq_hash(Image.open(f).convert("RGB")) for f in files]
+        for a, b in itertools.combinations(range(8), 2):
+            assert pdq_distances(upright[a][None], upright[b])[0] <= PDQ_MATCH_DISTANCE
+        # Without the EXIF transpose they are far apart: the test has teeth.
+        far = [pdq_distances(raw[0][None], raw[n])[0] for n in range(1, 8)]
+        assert max(far) > 100
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty file"),
+    (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 40, "not a photo (a mp4 video)"),
+    (bytes(range(256)) * 4, "not a photo (an unknown format)"),
+])
+def test_non_photos_are_refused_with_a_reason(data, reason):
+    with pytest.raises(ImageError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        decode(data, "bad.jpg")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "HEIF"])
+def test_truncated_files_are_refused(photo, fmt):
+    if fmt == "HEIF":
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    data = encode(photo, fmt)
+    with pytest.raises(ImageError) as info:
+        decode(data[: len(data) // 2], f"cut.{fmt.lower()}")
+    assert info.value.path == f"cut.{fmt.lower()}"
+
+
+def test_decompression_bomb_is_refused():
+    # A tiny PNG that declares 40000 x 40000 pixels.
+    img = Image.new("1", (40000, 40000))
+    with pytest.raises(ImageError, match="limit|bomb"):
+        decode(encode(img, "PNG", optimize=True), "bomb.png")
+
+
+def test_extreme_shapes_decode(photo):
+    for size in ((1, 1), (10000, 10), (10, 10000)):
+        img = Image.new("RGB", size, (10, 200, 30))
+        decoded = decode(encode(img, "PNG"), "x.png").image
+        assert decoded.size == size
+        for _name, crop in crop_variants(decoded):
+            arr = to_model_input(crop, 32, 32, (0.5,) * 3, (0.25,) * 3)
+            assert arr.shape == (3, 32, 32) and np.isfinite(arr).all()
+
+
+def test_crops_have_instagram_aspect_ratios(photo):
+    portrait = synthetic_photo(5, (300, 400))
+    names = {name: img.size for name, img in crop_variants(portrait)}
+    assert names == {FULL_FRAME: (300, 400), "4:5": (300, 375), "1:1": (300, 300),
+                     "1.91:1": (300, 157)}
+    square = synthetic_photo(5, (400, 400))
+    assert [n for n, _ in crop_variants(square)] == [FULL_FRAME, "4:5", "1.91:1"]
+    assert centre_crop_to_aspect(portrait, 1.0).size == (300, 300)
+
+
+def test_sniff_ignores_extensions():
+    assert sniff(b"\xff\xd8\xff\xe0") == "jpeg"
+    assert sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
+    assert sniff(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic") == "heif"
+    assert sniff(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1") == "avif"
+    assert sniff(b"\x00\x00\x00\x18ftypdash\x00\x00\x00\x00iso6") == "mp4"
+    assert media_type(b"\xff\xd8\xff\xe0", "x.webp") == "image"
+    assert media_type(b"1\n00:00", "x.srt") == "subtitle"
+    assert media_type(b"<html>", "x.jpg") == "other"
+
+
+def test_model_input_matches_manual_computation(photo):
+    arr = to_model_input(photo, 232, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert arr.shape == (3, 224, 224) and arr.dtype == np.float32
+    resized = photo.resize((309, 232), Image.Resampling.BILINEAR)
+    top, left = 4, 42
+    ref = np.asarray(resized.crop((left, top, left + 224, top + 224)), np.float32) / 255
+    ref = ((ref - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
+    assert np.abs(arr - ref).max() < 1e-5
+
+
+def test_heic_from_a_phone_decodes(shared_photos):
+    data = (shared_photos / "heic__IMG_2927.HEIC").read_bytes()
+    decoded = decode(data, "IMG_2927.HEIC", draft=512)
+    assert decoded.image.mode == "RGB" and min(decoded.image.size) > 500
+
+
+def test_bytes_in_memory_only(photo):
+    buf = io.BytesIO(jpeg_bytes(photo))
+    assert decode(buf.getvalue(), "m.jpg").image.size == photo.size
