@@ -1,0 +1,165 @@
+"""engines/: the real models built with random weights and loaded through the user's path."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from helpers import synthetic_photo
+
+from dupecheck.engines import MODELS, embed_images, get_model_spec, load_engine
+from dupecheck.engines.weights import cached_weights, file_sha256, resolve_weights, torch_hub_dir
+from dupecheck.errors import EXIT_UNUSABLE, UsageError, WeightsUnavailable
+
+
+def inputs(spec, n=3):
+    return np.stack([spec.to_input(synthetic_photo(s, (400, 300))) for s in range(n)])
+
+
+def test_registry_holds_both_models_with_their_preprocessing():
+    r50, clip = get_model_spec("resnet50"), get_model_spec("mobileclip-s2")
+    assert (r50.dim, r50.resize, r50.crop) == (2048, 232, 224)
+    assert (clip.dim, clip.resize, clip.crop, clip.mean, clip.std) == (
+        512, 256, 256, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert r50.preprocessing != clip.preprocessing
+    with pytest.raises(UsageError, match="unknown model 'vgg'.*mobileclip-s2"):
+        get_model_spec("vgg")
+
+
+@pytest.mark.parametrize("name,fixture", [("resnet50", "resnet50_weights"),
+                                          ("mobileclip-s2", "mobileclip_weights")])
+def test_real_model_loads_random_weights_through_the_user_path(name, fixture, request):
+    spec = MODELS[name]
+    weights = request.getfixturevalue(fixture)
+    engine = load_engine(spec, weights)
+    vectors = embed_images(engine, inputs(spec), batch_size=2)
+    assert vectors.shape == (3, spec.dim) and vectors.dtype == np.float32
+    assert np.isfinite(vectors).all()
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    again = load_engine(spec, weights).embed_batch(inputs(spec)[:1])
+    assert np.allclose(again[0], vectors[0], atol=1e-5)  # deterministic, weights really loaded
+
+
+def test_resnet50_drops_the_classifier_and_loads_the_checkpoint(resnet50_weights):
+    import torch
+
+    from dupecheck.engines.torch_models import resnet50_module
+
+    spec = MODELS["resnet50"]
+    model = resnet50_module(resnet50_weights, spec)
+    assert isinstance(model.fc, torch.nn.Identity)
+    state = torch.load(resnet50_weights, weights_only=True)
+    assert torch.equal(model.conv1.weight, state["conv1.weight"])
+
+
+def test_mobileclip_is_the_reparameterised_image_tower(mobileclip_weights):
+    import torch
+    from safetensors.torch import load_file
+
+    from dupecheck.engines.torch_models import mobileclip_s2_module
+
+    spec = MODELS["mobileclip-s2"]
+    visual = mobileclip_s2_module(mobileclip_weights, spec)
+    assert not hasattr(visual, "transformer")  # no text tower
+    x = torch.from_numpy(inputs(spec, 1))
+    with torch.inference_mode():
+        assert visual(x).shape == (1, 512)
+    state = load_file(str(mobileclip_weights))
+    assert any(k.startswith("visual.") for k in state)
+
+
+def test_preprocessing_equals_the_reference_transforms():
+    """Our PIL/numpy preprocessing against torchvision's and open_clip's own transforms."""
+    import open_clip
+    from torchvision.models import ResNet50_Weights
+
+    photos = [synthetic_photo(s, size) for s, size in
+              ((1, (640, 480)), (2, (480, 640)), (3, (1000, 333)), (4, (257, 300)))]
+    r50 = MODELS["resnet50"]
+    ref_r50 = ResNet50_Weights.IMAGENET1K_V2.transforms()
+    clip = MODELS["mobileclip-s2"]
+    cfg = open_clip.get_pretrained_cfg("MobileCLIP-S2", "datacompdr")
+    ref_clip = open_clip.image_transform(clip.crop, is_train=False, mean=cfg["mean"],
+                                         std=cfg["std"], interpolation=cfg["interpolation"],
+                                         resize_mode=cfg["resize_mode"])
+    for img in photos:
+        for spec, ref in ((r50, ref_r50), (clip, ref_clip)):
+            ours = spec.to_input(img)
+            theirs = ref(img).numpy()
+            assert ours.shape == theirs.shape
+            # Same PIL resize; the difference is float rounding only (stated bound: 1e-5).
+            assert np.abs(ours - theirs).max() < 1e-5, spec.name
+
+
+def test_a_pickle_checkpoint_is_refused_without_executing_it(tmp_path):
+    marker = tmp_path / "executed"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(pickle.dumps({"conv1.weight": Evil()}))
+    with pytest.raises(WeightsUnavailable, match="not a loadable checkpoint") as info:
+        load_engine(MODELS["resnet50"], bad)
+    assert info.value.exit_code == EXIT_UNUSABLE
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_model_is_refused(mobileclip_weights, resnet50_weights):
+    with pytest.raises(WeightsUnavailable, match="not a resnet50 checkpoint"):
+        load_engine(MODELS["resnet50"], mobileclip_weights)
+    with pytest.raises(WeightsUnavailable, match="not a mobileclip-s2 checkpoint"):
+        load_engine(MODELS["mobileclip-s2"], resnet50_weights)
+
+
+def test_garbage_checkpoint_is_refused(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(WeightsUnavailable):
+        load_engine(MODELS["resnet50"], junk)
+
+
+def test_weights_come_from_the_torch_cache_when_present(resnet50_weights):
+    spec = MODELS["resnet50"]
+    assert cached_weights(spec) is None
+    target = torch_hub_dir() / "checkpoints" / "resnet50-11ad3fa6.pth"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(resnet50_weights.read_bytes())
+    try:
+        assert resolve_weights(spec) == target
+    finally:
+        target.unlink()
+
+
+def test_no_weights_and_no_download_says_what_to_get(monkeypatch):
+    import dupecheck.engines.torch_models as tm
+
+    def offline(url, dest):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(tm, "download_to_torch_hub", offline)
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve_weights(MODELS["resnet50"])
+    text = str(info.value)
+    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in text
+    assert "hub/checkpoints" in text and "--weights" in text
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve_weights(MODELS["mobileclip-s2"])  # HF_HUB_OFFLINE=1 in tests
+    assert "open_clip_model.safetensors" in str(info.value)
+    assert "apple/MobileCLIP-S2-OpenCLIP" in str(info.value)
+
+
+def test_weights_hash_is_cached_by_stat_and_notices_changes(tmp_path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    first = file_sha256(f)
+    assert file_sha256(f) == first
+    f.write_bytes(b"b" * 1001)
+    assert file_sha256(f) != first
+
+
+def test_explicit_weights_must_exist(tmp_path):
+    with pytest.raises(WeightsUnavailable, match="weights file not found"):
+        resolve_weights(MODELS["resnet50"], tmp_path / "nope.pth")

@@ -1,0 +1,189 @@
+"""store.py: atomic generations, verification on open, staging of finished batches."""
+
+from __future__ import annotations
+
+import errno
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from dupecheck.errors import EXIT_UNUSABLE, IndexUnusable
+from dupecheck.store import (
+    CURRENT_FILE,
+    SCHEMA_VERSION,
+    IndexedPhoto,
+    ModelEntry,
+    Staging,
+    embeddings_file,
+    open_index,
+    write_index,
+)
+
+
+def rows(n: int) -> list[IndexedPhoto]:
+    return [IndexedPhoto(f"media/posts/{i}.jpg", "post", "2024-01-01T00:00:00+00:00",
+                         f"caption {i} 🥰", None, f"{i:064x}") for i in range(n)]
+
+
+def entry(dim: int = 8, name: str = "tiny-test") -> ModelEntry:
+    return ModelEntry(name, dim, "ab" * 32, "/w.npy", "v1:test")
+
+
+def write(root, n=5, seed=0, dim=8):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n, dim)).astype(np.float32)
+    pdq = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+    return write_index(root, rows(n), pdq, {"tiny-test": (entry(dim), emb)}, ["/a.zip"]), emb
+
+
+def generation_dir(root):
+    return root / (root / CURRENT_FILE).read_text().split()[0]
+
+
+def test_roundtrip(tmp_path):
+    index, emb = write(tmp_path / "idx")
+    again = open_index(tmp_path / "idx")
+    assert again.photos == rows(5)
+    assert np.array_equal(again.embeddings("tiny-test"), emb)
+    assert again.models["tiny-test"] == entry()
+    assert again.archives == ["/a.zip"]
+
+
+def test_a_new_generation_replaces_the_old_and_old_ones_are_collected(tmp_path):
+    root = tmp_path / "idx"
+    for n in (3, 4, 5):
+        write(root, n=n, seed=n)
+    assert len(open_index(root)) == 5
+    gens = sorted(p.name for p in root.iterdir() if p.name.startswith("gen-"))
+    assert len(gens) == 2  # the current one and the previous (a reader may hold it)
+
+
+def test_missing_index_is_exit_3(tmp_path):
+    with pytest.raises(IndexUnusable, match="no index here yet") as info:
+        open_index(tmp_path / "nothing")
+    assert info.value.exit_code == EXIT_UNUSABLE
+
+
+def tamper_truncate(gen):
+    f = gen / embeddings_file("tiny-test")
+    f.write_bytes(f.read_bytes()[:-7])
+
+
+def tamper_dtype(gen):
+    np.save(gen / embeddings_file("tiny-test"), np.zeros((5, 8), np.float64))
+
+
+def tamper_shape(gen):
+    np.save(gen / embeddings_file("tiny-test"), np.zeros((4, 8), np.float32))
+
+
+def tamper_pickle(gen):
+    np.save(gen / embeddings_file("tiny-test"), np.array([{"a": 1}] * 5, dtype=object),
+            allow_pickle=True)
+
+
+def tamper_same_shape(gen):
+    f = gen / embeddings_file("tiny-test")
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("tamper,message", [
+    (tamper_truncate, "truncated"),
+    (tamper_dtype, "float64"),
+    (tamper_shape, r"shape \(4, 8\)"),
+    (tamper_pickle, "object|not a valid"),
+    (tamper_same_shape, "checksum"),
+])
+def test_tampered_embeddings_are_refused(tmp_path, tamper, message):
+    root = tmp_path / "idx"
+    write(root)
+    tamper(generation_dir(root))
+    index = open_index(root)  # the matrix is checked when it is used
+    with pytest.raises(IndexUnusable, match=message):
+        index.embeddings("tiny-test")
+
+
+def test_edited_manifest_is_refused(tmp_path):
+    root = tmp_path / "idx"
+    write(root)
+    manifest = generation_dir(root) / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["count"] = 4
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(IndexUnusable, match="manifest.json does not match"):
+        open_index(root)
+
+
+def test_row_count_disagreeing_with_metadata_is_refused(tmp_path):
+    root = tmp_path / "idx"
+    write(root)
+    photos = generation_dir(root) / "photos.json"
+    photos.write_text(json.dumps(json.loads(photos.read_text())[:4]))
+    with pytest.raises(IndexUnusable, match="photos.json does not match its checksum"):
+        open_index(root)
+
+
+def test_pickled_pdq_file_is_refused_without_executing(tmp_path):
+    root = tmp_path / "idx"
+    write(root)
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (generation_dir(root) / "pdq.npy").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(IndexUnusable):
+        open_index(root)
+    assert not marker.exists()
+
+
+def test_other_schema_version_is_refused(tmp_path, monkeypatch):
+    import dupecheck.store as store
+
+    root = tmp_path / "idx"
+    monkeypatch.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    write(root)
+    monkeypatch.undo()
+    with pytest.raises(IndexUnusable, match=f"schema version {SCHEMA_VERSION + 1}"):
+        open_index(root)
+
+
+def test_a_write_error_leaves_the_previous_index_intact(tmp_path, monkeypatch):
+    import dupecheck.store as store
+
+    root = tmp_path / "idx"
+    _, emb = write(root, n=5)
+    real_save = np.save
+
+    def disk_full(fh, arr, *a, **kw):
+        if arr.dtype == np.float32:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(fh, arr, *a, **kw)
+
+    monkeypatch.setattr(store.np, "save", disk_full)
+    with pytest.raises(IndexUnusable, match="disk full.*previous index is intact"):
+        write(root, n=7, seed=1)
+    monkeypatch.undo()
+    index = open_index(root)
+    assert len(index) == 5 and np.array_equal(index.embeddings("tiny-test"), emb)
+    assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_staging_keeps_finished_batches_and_drops_broken_ones(tmp_path):
+    staging = Staging(tmp_path, "tiny-test-abc-p1")
+    staging.add(["a" * 64, "b" * 64], np.ones((2, 32), np.uint8), np.eye(2, 8, dtype=np.float32),
+                ["2020-01-01T00:00:00", None])
+    (staging.dir / "batch-9-broken.npz").write_bytes(b"PK\x03\x04 cut short")
+    found = Staging(tmp_path, "tiny-test-abc-p1").load()
+    assert set(found) == {"a" * 64, "b" * 64}
+    assert found["a" * 64].taken_at == "2020-01-01T00:00:00" and found["b" * 64].taken_at is None
+    assert np.array_equal(found["b" * 64].embedding, np.eye(2, 8, dtype=np.float32)[1])
+    assert not (staging.dir / "batch-9-broken.npz").exists()
+    assert Staging(tmp_path, "other-key").load() == {}
+    staging.clear_all()
+    assert Staging(tmp_path, "tiny-test-abc-p1").load() == {}
