@@ -72,30 +72,35 @@ def render_check(console: Console, model: str, threshold: float,
         if result.verdict is None:
             continue  # its error line went to stderr
         style = VERDICT_STYLE[result.verdict]
-        head = Text.assemble((f"{result.photo}", "bold"), "  ",
-                             (f"{result.verdict}", style), f"  {VERDICT_TEXT[result.verdict]}")
-        console.print(head)
+        console.print(Text.assemble((result.photo, "bold"), ": ", (result.verdict, style),
+                                    f" ({VERDICT_TEXT[result.verdict]})"))
         if not result.matches:
             console.print("  (the index is empty)")
             continue
-        table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
-        for col, kw in (("#", {"justify": "right"}), ("score", {"justify": "right"}),
-                        ("pdq", {"justify": "right"}), ("evidence", {}), ("as", {}),
-                        ("kind", {}), ("date", {}), ("caption", {"overflow": "ellipsis"}),
-                        ("path", {"overflow": "fold"})):
-            table.add_column(col, **kw)
+        table = Table(box=None, pad_edge=False, header_style="dim", show_edge=False)
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("score", justify="right", no_wrap=True)
+        table.add_column("pdq", justify="right", no_wrap=True)
+        table.add_column("evidence", no_wrap=True)
+        table.add_column("kind", no_wrap=True)
+        table.add_column("date", no_wrap=True)
+        table.add_column("caption / path in the archive", overflow="fold", ratio=1)
         for m in result.matches:
-            when = (m.photo.taken_at or "")[:10]
             kind = m.photo.kind + (f" #{m.photo.carousel_index + 1}"
                                    if m.photo.carousel_index is not None else "")
-            table.add_row(str(m.rank), f"{m.score:.3f}", str(m.pdq_distance),
-                          Text(m.evidence or "-", style=VERDICT_STYLE.get(m.evidence or "", "")),
-                          m.variant, kind, when, escape(shorten(m.photo.caption)),
-                          escape(m.photo.path))
+            evidence = Text(m.evidence or "-", style=VERDICT_STYLE.get(m.evidence or "", "dim"))
+            if m.evidence and m.variant != "full":
+                evidence.append(f" ({m.variant})", style="dim")
+            where = Text(shorten(m.photo.caption) or "(no caption)",
+                         style="" if m.photo.caption else "dim")
+            where.append("\n" + m.photo.path, style="dim")
+            table.add_row(str(m.rank), f"{m.score:.3f}", str(m.pdq_distance), evidence, kind,
+                          (m.photo.taken_at or "")[:10], where)
         console.print(table)
         console.print()
-    console.print(f"[dim]model {model}, similar at cosine >= {threshold:g}, "
-                  f"near-identical at PDQ distance <= 31[/dim]")
+    similar = "off" if threshold >= 1.0 else f"cosine >= {threshold:g}"
+    console.print(f"[dim]model {model}; similar: {similar}; near-identical: PDQ distance "
+                  f"<= 31 of 256 bits[/dim]")
 
 
 # -- index ---------------------------------------------------------------------------

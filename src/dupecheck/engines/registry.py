@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UsageError
+from ..evidence import PDQ_MAX_SIDE
 from ..imaging import to_model_input
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,8 +57,9 @@ class ModelSpec:
 
     @property
     def draft_size(self) -> int:
-        """JPEGs may decode this small: every Instagram crop still covers the model input."""
-        return 2 * max(self.resize, self.crop)
+        """JPEGs may decode this small: every Instagram crop still covers the model input,
+        and PDQ still sees the detail it hashes."""
+        return max(2 * max(self.resize, self.crop), PDQ_MAX_SIDE)
 
     def to_input(self, img: Image.Image) -> np.ndarray:
         return to_model_input(img, self.resize, self.crop, self.mean, self.std)

@@ -1,0 +1,217 @@
+"""cli/: every exit code, --json, --quiet, shared options and environment variables.
+
+These run in-process with the tiny test engine; test_end_to_end.py runs the real
+console script with the real ResNet-50.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tiny_engine
+from helpers import LAYOUT_DIRS, jpeg_bytes, post, synthetic_photo, write_tree
+from typer.testing import CliRunner
+
+from dupecheck.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+@pytest.fixture
+def export(tmp_path):
+    meta = LAYOUT_DIRS["D"]
+    files = {f"{meta}/posts_1.json": [post(f"media/posts/2024/{s}.jpg", 1700000000 + s,
+                                           f"caption {s} <b>[bold]x[/bold]</b>")
+                                      for s in (1, 2, 3)]}
+    files.update({f"media/posts/2024/{s}.jpg": jpeg_bytes(synthetic_photo(s)) for s in (1, 2, 3)})
+    return write_tree(tmp_path / "export", files)
+
+
+@pytest.fixture
+def indexed(tmp_path, export, tiny_weights):
+    idx = tmp_path / "idx"
+    result = invoke("index", str(export), "--index", str(idx), "--model", "tiny-test",
+                    "--weights", str(tiny_weights))
+    assert result.exit_code == 0, result.output
+    return idx
+
+
+@pytest.fixture
+def candidates(tmp_path, export):
+    posted = tmp_path / "posted.jpg"
+    posted.write_bytes((export / "media/posts/2024/2.jpg").read_bytes())
+    new = tmp_path / "new.jpg"
+    new.write_bytes(jpeg_bytes(synthetic_photo(99)))
+    return posted, new
+
+
+def test_index_prints_a_summary_and_json(tmp_path, export, tiny_weights):
+    idx = tmp_path / "i2"
+    result = invoke("index", str(export), "--index", str(idx), "--model", "tiny-test",
+                    "--weights", str(tiny_weights), "--json")
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert (doc["photos"], doc["embedded"], doc["reused"], doc["videos"]) == (3, 3, 0, 0)
+    assert doc["layouts"] == ["D"]
+    plain = invoke("index", str(export), "--index", str(idx), "--model", "tiny-test",
+                   "--weights", str(tiny_weights))
+    assert plain.exit_code == 0
+    assert "photos in the index" in plain.stdout and "reused" in plain.stdout
+
+
+def test_check_new_photo_exits_0(indexed, candidates):
+    _, new = candidates
+    result = invoke("check", str(new), "--index", str(indexed), "--threshold", "1.0")
+    assert result.exit_code == 0, result.output
+    assert ": new (not posted yet)" in " ".join(result.stdout.split())
+
+
+def test_check_posted_photo_exits_1_with_json(indexed, candidates):
+    posted, new = candidates
+    result = invoke("check", str(posted), str(new), "--index", str(indexed), "--json",
+                    "--top-k", "2", "--threshold", "1.0")
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)
+    assert doc["model"] == "tiny-test" and doc["threshold"] == 1.0
+    first, second = doc["results"]
+    assert first["photo"] == str(posted) and first["verdict"] == "exact"
+    assert second["verdict"] == "new"
+    top = first["matches"][0]
+    assert set(top) >= {"rank", "score", "pdq_distance", "evidence", "kind", "taken_at",
+                        "caption", "carousel_index", "path"}
+    assert (top["rank"], top["evidence"], top["path"], top["kind"]) == (
+        1, "exact", "media/posts/2024/2.jpg", "post")
+    assert top["caption"] == "caption 2 <b>[bold]x[/bold]</b>"  # whole, unescaped in JSON
+    assert top["taken_at"] == "2023-11-14T22:13:22+00:00"
+    assert len(first["matches"]) == 2 and first["matches"][1]["evidence"] is None
+    assert all(m["evidence"] is None for m in second["matches"])  # new still lists nearest
+
+
+def test_quiet_prints_nothing_but_the_exit_code_speaks(indexed, candidates):
+    posted, new = candidates
+    result = invoke("check", "--quiet", str(posted), "--index", str(indexed))
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", "")
+    result = invoke("check", "-q", str(new), "--index", str(indexed), "-t", "1.0")
+    assert (result.exit_code, result.stdout) == (0, "")
+
+
+def test_unreadable_photo_exits_2_and_the_others_are_still_checked(indexed, candidates,
+                                                                    tmp_path):
+    posted, _ = candidates
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00" * 10)
+    result = invoke("check", str(bad), str(posted), "--index", str(indexed), "--json")
+    assert result.exit_code == 2  # 2 beats 1: the highest wins
+    assert "bad.jpg: not a photo" in result.stderr
+    assert "Traceback" not in result.output
+    doc = json.loads(result.stdout)
+    assert [r["verdict"] for r in doc["results"]] == [None, "exact"]
+
+
+@pytest.mark.parametrize("args", [["check"], ["check", "x.jpg", "--top-k", "0"],
+                                  ["check", "x.jpg", "--threshold", "1.5"], ["nonsense"],
+                                  ["index"]])
+def test_bad_usage_exits_2(args, indexed):
+    result = invoke(*args, "--index", str(indexed)) if args[0] != "nonsense" else invoke(*args)
+    assert result.exit_code == 2
+
+
+def test_no_index_exits_3(tmp_path, candidates):
+    posted, _ = candidates
+    result = invoke("check", str(posted), "--index", str(tmp_path / "none"))
+    assert result.exit_code == 3
+    assert "no index here yet" in result.stderr
+    assert invoke("info", "--index", str(tmp_path / "none")).exit_code == 3
+
+
+def test_other_weights_exit_3(indexed, candidates, tmp_path):
+    posted, _ = candidates
+    other = tiny_engine.write_weights(tmp_path / "other.npy", seed=5)
+    result = invoke("check", str(posted), "--index", str(indexed), "--weights", str(other))
+    assert result.exit_code == 3
+    assert "not the weights this index was built with" in result.stderr
+
+
+def test_missing_weights_exit_3(indexed, candidates, tiny_weights):
+    posted, _ = candidates
+    tiny_weights.unlink()  # the file the index remembers is gone, and tiny has no download
+    result = invoke("check", str(posted), "--index", str(indexed))
+    assert result.exit_code == 3
+    assert "--weights" in result.stderr
+
+
+def test_model_not_in_index_exits_3(indexed, candidates):
+    posted, _ = candidates
+    result = invoke("check", str(posted), "--index", str(indexed), "--model", "resnet50")
+    assert result.exit_code == 3
+    assert "holds no 'resnet50' embeddings" in result.stderr
+
+
+def test_corrupt_index_exits_3(indexed, candidates):
+    posted, _ = candidates
+    gen = (indexed / "CURRENT").read_text().split()[0]
+    (indexed / gen / "embeddings-tiny-test.npy").write_bytes(b"\x93NUMPY garbage")
+    result = invoke("check", str(posted), "--index", str(indexed))
+    assert result.exit_code == 3 and "embeddings-tiny-test.npy" in result.stderr
+
+
+def test_index_exit_codes(tmp_path, tiny_weights, export):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hi")
+    result = invoke("index", str(bad), "--index", str(tmp_path / "i"), "--model", "tiny-test",
+                    "--weights", str(tiny_weights))
+    assert result.exit_code == 2 and "not a zip file or a folder" in result.stderr
+    result = invoke("index", str(export), "--index", str(tmp_path / "i"), "--model",
+                    "tiny-test", "--weights", str(tmp_path / "absent.npy"))
+    assert result.exit_code in (2, 3)  # Typer may refuse the missing path before we do
+    result = invoke("index", str(export), "--index", str(tmp_path / "i"), "--model", "vgg")
+    assert result.exit_code == 2 and "unknown model" in result.stderr
+
+
+def test_env_vars_set_index_and_weights(tmp_path, export, tiny_weights, candidates):
+    posted, _ = candidates
+    env = {"DUPECHECK_INDEX": str(tmp_path / "envidx"), "DUPECHECK_WEIGHTS": str(tiny_weights)}
+    assert invoke("index", str(export), "--model", "tiny-test", env=env).exit_code == 0
+    assert (tmp_path / "envidx" / "CURRENT").exists()
+    result = invoke("check", "-q", str(posted), env={"DUPECHECK_INDEX": env["DUPECHECK_INDEX"]})
+    assert result.exit_code == 1  # the index remembers model and weights
+
+
+def test_default_index_location_is_the_user_data_dir(tmp_path, export, tiny_weights,
+                                                     monkeypatch):
+    result = invoke("index", str(export), "--model", "tiny-test", "--weights", str(tiny_weights))
+    assert result.exit_code == 0
+    from platformdirs import user_data_dir
+
+    from dupecheck.cli.options import default_index_dir
+
+    assert str(default_index_dir()).startswith(user_data_dir("dupecheck"))
+    assert (default_index_dir() / "CURRENT").exists()
+
+
+def test_info(indexed):
+    result = invoke("info", "--index", str(indexed), "--json")
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["photos"] == 3 and doc["kinds"] == {"post": 3}
+    assert doc["models"]["tiny-test"]["dim"] == 16
+    assert doc["dates"]["first"].startswith("2023-11-14")
+    text = invoke("info", "--index", str(indexed))
+    assert "tiny-test" in text.stdout and "post" in text.stdout
+
+
+def test_captions_with_markup_are_shown_as_text(indexed, candidates):
+    posted, _ = candidates
+    result = invoke("check", str(posted), "--index", str(indexed))
+    assert "[bold]x[/bold]" in result.stdout
+
+
+def test_version_and_help():
+    assert "dupecheck" in invoke("--version").stdout
+    result = invoke("--help")
+    assert result.exit_code == 0 and "check" in result.stdout and "index" in result.stdout
