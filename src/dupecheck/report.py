@@ -84,7 +84,7 @@ def render_check(console: Console, model: str, threshold: float,
         table.add_column("evidence", no_wrap=True)
         table.add_column("kind", no_wrap=True)
         table.add_column("date", no_wrap=True)
-        table.add_column("caption / path in the archive", overflow="fold", ratio=1)
+        table.add_column("caption / path", overflow="fold", ratio=1)
         for m in result.matches:
             kind = m.photo.kind + (f" #{m.photo.carousel_index + 1}"
                                    if m.photo.carousel_index is not None else "")
