@@ -100,3 +100,17 @@ LAYOUT_DIRS = {
     "C": "your_instagram_activity/content",
     "D": "your_instagram_activity/media",
 }
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A few-hundred-byte PNG whose header declares width x height pixels (a bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    rows = zlib.compress(b"\x00" * 1000, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")

@@ -7,7 +7,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import LAYOUT_DIRS, mojibake, post, write_tree, write_zip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +25,7 @@ from dupecheck.archive import (
     scan_archive,
 )
 from dupecheck.errors import ArchiveError
+from helpers import LAYOUT_DIRS, mojibake, post, write_tree, write_zip
 
 MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 64
 

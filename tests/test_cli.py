@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import tiny_engine
-from helpers import LAYOUT_DIRS, jpeg_bytes, post, synthetic_photo, write_tree
 from typer.testing import CliRunner
 
+import tiny_engine
 from dupecheck.cli import app
+from helpers import LAYOUT_DIRS, jpeg_bytes, post, synthetic_photo, write_tree
 
 runner = CliRunner()
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers import LAYOUT_DIRS, instagramify, post, write_zip
 
 POSTED = [

@@ -6,11 +6,11 @@ import pickle
 
 import numpy as np
 import pytest
-from helpers import synthetic_photo
 
 from dupecheck.engines import MODELS, embed_images, get_model_spec, load_engine
 from dupecheck.engines.weights import cached_weights, file_sha256, resolve_weights, torch_hub_dir
 from dupecheck.errors import EXIT_UNUSABLE, UsageError, WeightsUnavailable
+from helpers import synthetic_photo
 
 
 def inputs(spec, n=3):

@@ -7,7 +7,6 @@ import itertools
 
 import numpy as np
 import pytest
-from helpers import encode, jpeg_bytes, synthetic_photo
 from PIL import Image
 
 from dupecheck.errors import ImageError
@@ -20,6 +19,7 @@ from dupecheck.imaging import (
     decode,
     to_model_input,
 )
+from helpers import encode, jpeg_bytes, png_declaring, synthetic_photo
 
 
 def mean_rgb(img: Image.Image) -> np.ndarray:
@@ -170,10 +170,11 @@ def test_truncated_files_are_refused(photo, fmt):
 
 
 def test_decompression_bomb_is_refused():
-    # A tiny PNG that declares 40000 x 40000 pixels.
-    img = Image.new("1", (40000, 40000))
-    with pytest.raises(ImageError, match="limit|bomb"):
-        decode(encode(img, "PNG", optimize=True), "bomb.png")
+    data = png_declaring(40000, 40000)
+    assert len(data) < 1000
+    with pytest.raises(ImageError, match="limit|bomb") as info:
+        decode(data, "bomb.png")
+    assert info.value.path == "bomb.png"
 
 
 def test_extreme_shapes_decode(photo):

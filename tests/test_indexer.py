@@ -6,14 +6,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-import tiny_engine
-from helpers import LAYOUT_DIRS, jpeg_bytes, post, synthetic_photo, write_tree
 from PIL import Image
 
+import tiny_engine
 from dupecheck.engines import load_engine, register_model
 from dupecheck.errors import IndexUnusable
 from dupecheck.indexer import build_index
 from dupecheck.store import Staging, open_index
+from helpers import LAYOUT_DIRS, jpeg_bytes, post, synthetic_photo, write_tree
 
 TINY = tiny_engine.TINY
 

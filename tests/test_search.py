@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tiny_engine
-from helpers import jpeg_bytes, synthetic_photo
 
+import tiny_engine
 from dupecheck.engines import load_engine
 from dupecheck.errors import UsageError
 from dupecheck.search import Candidate, Searcher, check_photos
 from dupecheck.store import IndexedPhoto, ModelEntry, open_index, write_index
+from helpers import jpeg_bytes, synthetic_photo
 
 TINY = tiny_engine.TINY
 DIM = TINY.dim
@@ -104,9 +104,8 @@ def test_a_portrait_posted_as_its_4_5_crop_is_found_by_the_crop_variant(tmp_path
     original = synthetic_photo(21, (600, 900))  # 2:3 portrait
     posted = original.crop((0, 75, 600, 825)).resize((480, 600))  # Instagram's 4:5 crop
     (tmp_path / "orig.jpg").write_bytes(jpeg_bytes(original, quality=95))
-    from helpers import write_tree
-
     from dupecheck.indexer import build_index
+    from helpers import write_tree
 
     src = write_tree(tmp_path / "pics", {"posted.jpg": jpeg_bytes(posted, quality=85),
                                          "other.jpg": jpeg_bytes(synthetic_photo(22))})

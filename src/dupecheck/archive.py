@@ -187,12 +187,13 @@ class Archive:
             if rel in self.files:
                 if self.files[rel].container != container:
                     continue  # the same file in two parts of a split export
-                self.problems.append(Problem(f"{path}:{display_name(rel)}", "duplicate name, "
-                                             "first copy kept"))
+                self.problems.append(Problem(f"{path}:{display_name(rel)}",
+                                             "duplicate name, first copy kept"))
                 continue
             self.files[rel] = _Entry(container, member, size)
 
-    def _zip_members(self, zf: zipfile.ZipFile, path: Path) -> Iterator[tuple[str, tuple[str, int]]]:
+    def _zip_members(self, zf: zipfile.ZipFile, path: Path
+                     ) -> Iterator[tuple[str, tuple[str, int]]]:
         seen: set[str] = set()
         for info in zf.infolist():
             if info.is_dir() or _is_junk(info.filename):
@@ -422,7 +423,8 @@ def _text(value: Any) -> str | None:
 def _items(doc: Any, kind: str, where: str, problems: list[Problem]
            ) -> Iterator[tuple[str, _Context]]:
     """(uri, context) for every media item of a post-shaped or flat metadata file."""
-    key = next(k for p, kd, k in METADATA_FILES if kd == kind and p.fullmatch(where.rsplit("/", 1)[-1]))
+    base = where.rsplit("/", 1)[-1]
+    key = next(k for p, kd, k in METADATA_FILES if kd == kind and p.fullmatch(base))
     if isinstance(doc, dict) and key and key in doc:
         entries = doc[key]
     elif isinstance(doc, dict):
@@ -430,7 +432,8 @@ def _items(doc: Any, kind: str, where: str, problems: list[Problem]
     else:
         entries = doc
     if not isinstance(entries, list):
-        problems.append(Problem(where, f"expected a list of entries, found {type(entries).__name__}"))
+        found = type(entries).__name__
+        problems.append(Problem(where, f"expected a list of entries, found {found}"))
         return
     for n, entry in enumerate(entries):
         if not isinstance(entry, dict):

@@ -1,4 +1,4 @@
-"""The Typer app, the error boundary, and the two consoles (results on stdout, the rest on stderr)."""
+"""The Typer app, the error boundary, and two consoles: results on stdout, the rest on stderr."""
 
 from __future__ import annotations
 
