@@ -205,6 +205,27 @@ def test_info(indexed):
     assert "tiny-test" in text.stdout and "post" in text.stdout
 
 
+def test_info_says_whether_weights_match(indexed, tiny_weights, tmp_path):
+    other = tiny_engine.write_weights(tmp_path / "o.npy", seed=3)
+    same = json.loads(invoke("info", "--index", str(indexed), "--weights", str(tiny_weights),
+                             "--json").stdout)
+    assert same["weights_match"] is True
+    differ = invoke("info", "--index", str(indexed), "--weights", str(other))
+    assert "do not match" in " ".join(differ.stdout.split())
+
+
+def test_index_exits_3_on_a_corrupt_index_or_unusable_weights(indexed, export, tmp_path):
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(b"not weights")
+    result = invoke("index", str(export), "--index", str(indexed), "--model", "tiny-test",
+                    "--weights", str(junk), "--rebuild")
+    assert result.exit_code == 3 and "not a tiny-test checkpoint" in result.stderr
+    (indexed / "CURRENT").write_text("gen-x 00")
+    result = invoke("index", str(export), "--index", str(indexed), "--model", "tiny-test",
+                    "--weights", str(tmp_path / "junk.npy"))
+    assert result.exit_code == 3 and "--rebuild" in result.stderr
+
+
 def test_captions_with_markup_are_shown_as_text(indexed, candidates):
     posted, _ = candidates
     result = invoke("check", str(posted), "--index", str(indexed))

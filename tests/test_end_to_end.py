@@ -75,3 +75,14 @@ def test_originals_are_found_in_an_instagram_export(tmp_path, shared_photos, env
 
     info = dupecheck("info", "--json", env=env)
     assert json.loads(info.stdout)["photos"] == len(POSTED)
+
+    # With the ONNX model cached by `index`, `check` never imports torch.
+    timed = subprocess.run([sys.executable, "-X", "importtime", "-m", "dupecheck", "check",
+                            originals[0], "--quiet"], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert timed.returncode == 1, timed.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in timed.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "onnxruntime" in imported
+    heavy = {m for m in imported if m.split(".")[0] in ("torch", "torchvision", "open_clip")}
+    assert not heavy, sorted(heavy)[:10]

@@ -163,3 +163,54 @@ def test_weights_hash_is_cached_by_stat_and_notices_changes(tmp_path):
 def test_explicit_weights_must_exist(tmp_path):
     with pytest.raises(WeightsUnavailable, match="weights file not found"):
         resolve_weights(MODELS["resnet50"], tmp_path / "nope.pth")
+
+
+@pytest.mark.parametrize("name,fixture", [("resnet50", "resnet50_weights"),
+                                          ("mobileclip-s2", "mobileclip_weights")])
+def test_onnx_and_torch_engines_agree(name, fixture, request):
+    spec = MODELS[name]
+    weights = request.getfixturevalue(fixture)
+    pixels = inputs(spec, 4)
+    via_torch = load_engine(spec, weights, "torch").embed_batch(pixels)
+    via_onnx = load_engine(spec, weights, "onnx").embed_batch(pixels)
+    assert type(load_engine(spec, weights, "onnx")).__name__ == "OnnxEngine"
+    cosines = (via_torch * via_onnx).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
+    # Dynamic batch: one image at a time gives the same rows.
+    single = load_engine(spec, weights, "onnx").embed_batch(pixels[2:3])
+    assert float(single[0] @ via_onnx[2]) >= 0.99999
+
+
+def test_the_onnx_export_is_cached_by_weights(resnet50_weights, monkeypatch, tmp_path):
+    from dupecheck.engines import onnx_engine, torch_models
+    from dupecheck.engines.weights import file_sha256
+
+    spec = MODELS["resnet50"]
+    load_engine(spec, resnet50_weights, "onnx")
+    path = onnx_engine.onnx_cache_path(spec, file_sha256(resnet50_weights))
+    assert path.is_file()
+
+    def no_export(*a, **kw):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(torch_models, "export_onnx", no_export)
+    load_engine(spec, resnet50_weights, "onnx")  # from the cache
+    other = tmp_path / "other.pth"
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), other)
+    with pytest.raises(AssertionError, match="exported again"):
+        load_engine(spec, other, "onnx")  # other weights: another cache entry
+
+
+def test_auto_engine_is_onnx_without_an_accelerator(monkeypatch):
+    from dupecheck.engines import base
+
+    monkeypatch.setattr(base, "accelerator_present", lambda: False)
+    assert base.choose_engine("auto") == "onnx"
+    monkeypatch.setattr(base, "accelerator_present", lambda: True)
+    assert base.choose_engine("auto") == "torch"
+    assert base.choose_engine("torch") == "torch"
+    with pytest.raises(UsageError, match="unknown engine"):
+        base.choose_engine("tensorrt")

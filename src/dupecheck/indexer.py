@@ -99,7 +99,8 @@ def build_index(
     *,
     rebuild: bool = False,
     progress: ProgressHook | None = None,
-    engine_loader: EngineLoader = load_engine,
+    engine: str = "auto",
+    engine_loader: EngineLoader | None = None,
     workers: int | None = None,
 ) -> IndexSummary:
     """Make the index hold exactly the photos of `archives`, embedded with `spec`."""
@@ -114,6 +115,7 @@ def build_index(
         previous = _previous_index(index_dir, rebuild)
         weights_sha = file_sha256(weights)
         _refuse_mismatch(previous, spec, weights_sha, rebuild)
+        loader = engine_loader or (lambda s, w: load_engine(s, w, engine, weights_sha))
         staging = Staging(index_dir, staging_key(spec, weights_sha))
 
         # 1. Content hashes of every photo (cheap: no decoding).
@@ -156,7 +158,7 @@ def build_index(
         summary.reused = len({sha for _, sha in hashed if sha in known_emb})
 
         # 3. Decode and embed what is new, batch by batch; each finished batch is staged.
-        failed = _embed_new(archive, needed, spec, weights, staging, engine_loader, known_pdq,
+        failed = _embed_new(archive, needed, spec, weights, staging, loader, known_pdq,
                             known_emb, exif_taken, summary, progress, workers)
 
         # 4. Assemble the new generation, row-aligned.

@@ -150,8 +150,8 @@ def info_document(index: Index) -> dict[str, Any]:
     }
 
 
-def render_info(console: Console, index: Index) -> None:
-    doc = info_document(index)
+def render_info(console: Console, index: Index, doc: dict[str, Any] | None = None) -> None:
+    doc = doc or info_document(index)
     console.print(f"[bold]{escape(doc['index'])}[/bold]: {doc['photos']} photos, "
                   f"built {doc['created_at']}")
     kinds = Table("kind", "photos", box=None, header_style="dim")
@@ -161,6 +161,8 @@ def render_info(console: Console, index: Index) -> None:
     models = Table("model", "dim", "threshold", "weights SHA-256", "weights file", box=None,
                    header_style="dim")
     for name, entry in index.models.items():
+        if name not in doc["models"]:
+            continue
         threshold = f"{entry.threshold:g} (calibrated)" if entry.threshold else "default"
         models.add_row(name, str(entry.dim), threshold, entry.weights_sha256[:16] + "…",
                        escape(entry.weights_path))

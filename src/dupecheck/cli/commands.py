@@ -10,13 +10,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import report
 from ..engines import DEFAULT_MODEL, ModelSpec, get_model_spec, load_engine
+from ..engines.base import choose_engine
 from ..engines.weights import file_sha256, resolve_weights
 from ..errors import EXIT_OK, EXIT_POSTED, EXIT_USAGE, IndexUnusable, WeightsUnavailable
 from ..indexer import build_index
 from ..search import DEFAULT_TOP_K, NEW, check_photos, validate_threshold
 from ..store import Index, open_index
 from .app import app, err, error_boundary, out
-from .options import IndexDir, JsonOut, ModelName, Quiet, WeightsPath
+from .options import EngineName, IndexDir, JsonOut, ModelName, Quiet, WeightsPath
 
 
 def _progress(quiet: bool) -> Progress:
@@ -36,11 +37,13 @@ def index(
     weights: WeightsPath = None,
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Start this index anew instead of refusing a mismatched one.")] = False,
+    engine: EngineName = "auto",
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
     """Index an Instagram export: the index then holds exactly these archives' photos."""
     spec = get_model_spec(model or DEFAULT_MODEL)
+    choose_engine(engine)
     weights_path = resolve_weights(spec, weights)
     with _progress(quiet or json_out) as bar:
         tasks: dict[str, int] = {}
@@ -51,7 +54,7 @@ def index(
             bar.update(tasks[stage], completed=done)
 
         summary = build_index(archives, index_dir, spec, weights_path, rebuild=rebuild,
-                              progress=on_progress)
+                              engine=engine, progress=on_progress)
     for line in summary.errors:
         err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False, markup=True,
                   soft_wrap=True)
@@ -100,19 +103,21 @@ def check(
         "Default: the index's calibrated value, else the model's.")] = None,
     model: ModelName = None,
     weights: WeightsPath = None,
+    engine: EngineName = "auto",
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
     """Check photos against the index. Exit 0: all new; 1: some already posted."""
     if threshold is not None:
         validate_threshold(threshold)
+    choose_engine(engine)
     index = open_index(index_dir)
     spec = _index_model(index, model)
     weights_path = _weights_for(index, spec, weights)
     entry = index.models[spec.name]
     thr = threshold if threshold is not None else (entry.threshold or spec.default_threshold)
-    engine = load_engine(spec, weights_path)
-    results = check_photos(photos, index, spec, engine, thr, top_k)
+    runner = load_engine(spec, weights_path, engine, entry.weights_sha256)
+    results = check_photos(photos, index, spec, runner, thr, top_k)
     for r in results:
         if r.error:
             err.print(f"[bold red]error:[/bold red] {r.error}", highlight=False, soft_wrap=True)
@@ -130,10 +135,28 @@ def check(
 
 @app.command()
 @error_boundary
-def info(index_dir: IndexDir, json_out: JsonOut = False) -> None:
-    """What the index holds: photos by kind, models and weights, dates, archives."""
+def info(
+    index_dir: IndexDir,
+    model: ModelName = None,
+    weights: WeightsPath = None,
+    json_out: JsonOut = False,
+) -> None:
+    """What the index holds: photos by kind, models and weights, dates, archives.
+
+    With --weights, also says whether that file is the one the index was built with."""
     index = open_index(index_dir)
+    doc = report.info_document(index)
+    if model is not None:
+        spec = _index_model(index, model)
+        doc["models"] = {k: v for k, v in doc["models"].items() if k == spec.name}
+    if weights is not None:
+        spec = _index_model(index, model)
+        entry = index.models.get(spec.name)
+        doc["weights_match"] = bool(entry and file_sha256(weights) == entry.weights_sha256)
     if json_out:
-        out.print_json(data=report.info_document(index))
-    else:
-        report.render_info(out, index)
+        out.print_json(data=doc)
+        return
+    report.render_info(out, index, doc)
+    if "weights_match" in doc:
+        verdict = "[green]match[/green]" if doc["weights_match"] else "[red]do not match[/red]"
+        out.print(f"{weights}: {verdict} the weights of this index")

@@ -31,3 +31,6 @@ WeightsPath = Annotated[Path | None, typer.Option(
          "resnet50, open_clip checkpoint for mobileclip-s2).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+EngineName = Annotated[str, typer.Option(
+    "--engine", help="auto (ONNX Runtime on a CPU-only machine, torch with CUDA or MPS), "
+    "onnx or torch.")]

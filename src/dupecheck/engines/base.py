@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import os
+import platform
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from ..errors import UsageError
 from .registry import ModelSpec
 
 
@@ -20,12 +24,41 @@ class Engine(Protocol):
         ...
 
 
-def load_engine(spec: ModelSpec, weights: Path) -> Engine:
-    """Build the spec's model and load its weights from a local file."""
-    module_name, _, func_name = spec.builder.partition(":")
-    builder: Callable[[ModelSpec, Path], Engine] = getattr(
-        importlib.import_module(module_name), func_name)
-    return builder(spec, weights)
+ENGINES = ("auto", "onnx", "torch")
+
+
+def accelerator_present() -> bool:
+    """CUDA or Apple MPS, without importing torch (that alone costs ~3 s)."""
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+
+
+def choose_engine(engine: str = "auto") -> str:
+    """auto: ONNX Runtime on a CPU-only machine, torch where CUDA or MPS can run it."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
+    if engine == "auto":
+        return "torch" if accelerator_present() else "onnx"
+    return engine
+
+
+def load_engine(spec: ModelSpec, weights: Path, engine: str = "auto",
+                weights_sha256: str | None = None) -> Engine:
+    """Build the spec's model with its weights from a local file, on the chosen engine."""
+    if spec.builder:  # a model that is not a torch module brings its own engine
+        module_name, _, func_name = spec.builder.partition(":")
+        builder: Callable[[ModelSpec, Path], Engine] = getattr(
+            importlib.import_module(module_name), func_name)
+        return builder(spec, weights)
+    if choose_engine(engine) == "onnx":
+        from .onnx_engine import load_onnx_engine
+        from .weights import file_sha256
+
+        return load_onnx_engine(spec, weights, weights_sha256 or file_sha256(weights))
+    from .torch_models import build_torch_engine
+
+    return build_torch_engine(spec, weights)
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:

@@ -42,9 +42,14 @@ class ModelSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     default_threshold: float  # cosine; see README "How the thresholds were chosen"
-    builder: str  # "module:function" that returns an Engine, imported on use
+    # "module:function" returning the torch.nn.Module with its weights loaded, imported on use;
+    # both engines (eager torch, ONNX Runtime) run this module.
+    module: str | None = None
+    # "module:function" returning a ready Engine, for models that are not torch modules.
+    builder: str | None = None
     weights: WeightsSource | None = None
     batch_size: int = 16  # images per forward pass; larger models take fewer
+    channels_last: bool = True  # faster for convolutional nets in eager torch on CPU
     preprocessing_version: int = 1
 
     @property
@@ -90,7 +95,7 @@ register_model(ModelSpec(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     default_threshold=0.90,
-    builder="dupecheck.engines.torch_models:build_resnet50",
+    module="dupecheck.engines.torch_models:resnet50_module",
     weights=WeightsSource(
         filename="resnet50-11ad3fa6.pth",
         cache="torch-hub",
@@ -107,7 +112,7 @@ register_model(ModelSpec(
     std=(1.0, 1.0, 1.0),
     default_threshold=0.92,
     batch_size=8,
-    builder="dupecheck.engines.torch_models:build_mobileclip_s2",
+    module="dupecheck.engines.torch_models:mobileclip_s2_module",
     weights=WeightsSource(
         filename="open_clip_model.safetensors",
         cache="huggingface",

@@ -70,6 +70,40 @@ class TorchEngine:
         return out.cpu().numpy()
 
 
+def build_module(spec: ModelSpec, weights: Path | None) -> torch.nn.Module:
+    """The spec's torch module, weights loaded, in eval mode."""
+    import importlib
+
+    module_name, _, func_name = (spec.module or "").partition(":")
+    factory = getattr(importlib.import_module(module_name), func_name)
+    return factory(weights, spec).eval()
+
+
+def build_torch_engine(spec: ModelSpec, weights: Path) -> TorchEngine:
+    return TorchEngine(spec, build_module(spec, weights), channels_last=spec.channels_last)
+
+
+ONNX_OPSET = 17
+
+
+def export_onnx(spec: ModelSpec, weights: Path, dest: Path) -> Path:
+    """Export the spec's module (dynamic batch) to ONNX, written atomically."""
+    module = build_module(spec, weights)
+    example = torch.zeros(2, 3, spec.crop, spec.crop)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(tmp), input_names=["pixels"],
+                          output_names=["embedding"], opset_version=ONNX_OPSET,
+                          dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
+                          dynamo=False)
+    os.replace(tmp, dest)
+    return dest
+
+
 def resnet50_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Module:
     """torchvision's ResNet-50 with its classifier removed: (N, 2048) pooled features."""
     import torchvision
@@ -79,10 +113,6 @@ def resnet50_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Module:
         _load_into(model, weights, spec)
     model.fc = torch.nn.Identity()
     return model
-
-
-def build_resnet50(spec: ModelSpec, weights: Path) -> TorchEngine:
-    return TorchEngine(spec, resnet50_module(weights, spec), channels_last=True)
 
 
 def mobileclip_s2_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Module:
@@ -102,10 +132,6 @@ def mobileclip_s2_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Modu
     visual = model.visual
     visual.eval()
     return reparameterize_model(visual)
-
-
-def build_mobileclip_s2(spec: ModelSpec, weights: Path) -> TorchEngine:
-    return TorchEngine(spec, mobileclip_s2_module(weights, spec), channels_last=True)
 
 
 def download_to_torch_hub(url: str, dest: Path) -> Path:
