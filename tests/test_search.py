@@ -135,3 +135,15 @@ def test_threshold_must_be_a_cosine(made_index, tiny_weights, threshold):
     index, _ = made_index
     with pytest.raises(UsageError, match="threshold"):
         check_photos([], index, TINY, load_engine(TINY, tiny_weights), threshold)
+
+
+def test_pdq_distances_popcount_paths_agree():
+    import dupecheck.evidence as ev
+
+    rng = np.random.default_rng(3)
+    hashes = rng.integers(0, 256, (500, 32), dtype=np.uint8)
+    query = rng.integers(0, 256, 32, dtype=np.uint8)
+    fast = ev.pdq_distances(hashes, query)
+    slow = ev._POPCOUNT[np.bitwise_xor(hashes, query)].sum(axis=1)
+    by_bits = np.unpackbits(np.bitwise_xor(hashes, query), axis=1).sum(axis=1)
+    assert np.array_equal(fast, slow) and np.array_equal(fast, by_bits)

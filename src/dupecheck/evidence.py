@@ -39,4 +39,7 @@ def pdq_distances(hashes: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Hamming distance from one packed hash (32,) to each row of (N, 32)."""
     if len(hashes) == 0:
         return np.zeros(0, dtype=np.int32)
-    return _POPCOUNT[np.bitwise_xor(hashes, query)].sum(axis=1, dtype=np.int32)
+    xor = np.bitwise_xor(np.ascontiguousarray(hashes), query)
+    if hasattr(np, "bitwise_count"):  # numpy >= 2: popcount on 64-bit words, ~10x faster
+        return np.bitwise_count(xor.view(np.uint64)).sum(axis=1, dtype=np.int32)
+    return _POPCOUNT[xor].sum(axis=1, dtype=np.int32)

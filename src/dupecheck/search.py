@@ -91,66 +91,104 @@ def load_candidate(path: Path, spec: ModelSpec) -> Candidate:
 
 
 class Searcher:
-    """The index, held once for any number of candidates."""
+    """The index, held once for any number of candidates.
+
+    Work over all N rows is a handful of vectorised passes (one GEMM, a popcount per
+    crop variant, a max and an argpartition); everything per match is done only for
+    the top k.
+    """
+
+    BLOCK = 32768  # rows per pass: the block's scores stay in cache
 
     def __init__(self, index: Index, model: str) -> None:
         self.index = index
         self.embeddings = index.embeddings(model)
-        self.shas = np.array([p.sha256 for p in index.photos])
+        # The 256 bits as four contiguous 64-bit columns: popcounts over whole columns.
+        self.pdq_columns = np.ascontiguousarray(
+            np.ascontiguousarray(index.pdq).view(np.uint64).T)  # (4, N)
+        self.rows_by_sha: dict[str, list[int]] = {}
+        for row, photo in enumerate(index.photos):
+            self.rows_by_sha.setdefault(photo.sha256, []).append(row)
+
+    def _pdq(self, rows: slice | np.ndarray, query: np.ndarray) -> np.ndarray:
+        """PDQ distances from one packed hash to the given rows."""
+        if not hasattr(np, "bitwise_count"):  # numpy < 2
+            return pdq_distances(self.index.pdq[rows], query)
+        words = np.ascontiguousarray(query).view(np.uint64)
+        total = np.bitwise_count(self.pdq_columns[0, rows] ^ words[0]).astype(np.int32)
+        for w in range(1, 4):
+            total += np.bitwise_count(self.pdq_columns[w, rows] ^ words[w])
+        return total
+
+    def _best_cosines(self, vectors: np.ndarray) -> np.ndarray:
+        """Per row, the cosine of the best variant, one cache-sized block at a time."""
+        matrix = np.asarray(self.embeddings)
+        q = np.ascontiguousarray(np.asarray(vectors, np.float32).T)  # (dim, V)
+        best = np.empty(len(matrix), np.float32)
+        for start in range(0, len(matrix), self.BLOCK):
+            block = matrix[start:start + self.BLOCK] @ q
+            np.max(block, axis=1, out=best[start:start + self.BLOCK])
+        return best
 
     def search(self, cand: Candidate, vectors: np.ndarray, threshold: float, top_k: int,
                skip_rows: frozenset[int] = frozenset()) -> CheckResult:
         n = len(self.index)
         if n == 0:
             return CheckResult(cand.path, NEW)
-        # (V, N) for both evidences, then the best variant per archive photo.
-        distances = np.stack([pdq_distances(self.index.pdq, h) for h in cand.pdq])
-        scores = np.asarray(vectors @ np.asarray(self.embeddings).T, dtype=np.float32)
-        best_pdq_variant = distances.argmin(axis=0)
-        best_pdq = distances.min(axis=0)
-        best_cos_variant = scores.argmax(axis=0)
-        best_cos = scores.max(axis=0)
-
-        strength = np.zeros(n, dtype=np.int8)
-        if threshold < 1.0:  # 1.0 turns the embedding evidence off
-            strength[best_cos >= threshold] = STRENGTH[SIMILAR]
-        strength[best_pdq <= PDQ_MATCH_DISTANCE] = STRENGTH[NEAR_IDENTICAL]
-        strength[self.shas == cand.sha256] = STRENGTH[EXACT]
+        all_rows = slice(None)
+        best_pdq = self._pdq(all_rows, cand.pdq[0])
+        for h in cand.pdq[1:]:
+            np.minimum(best_pdq, self._pdq(all_rows, h), out=best_pdq)
+        best_cos = self._best_cosines(vectors)
+        exact = [r for r in self.rows_by_sha.get(cand.sha256, []) if r not in skip_rows]
         if skip_rows:
             skipped = np.fromiter(skip_rows, dtype=np.int64)
-            strength[skipped] = -1
+            best_pdq[skipped] = 1 << 16
+            best_cos[skipped] = -np.inf
 
-        # Only exact, near-identical and the top-k by cosine can reach the top k.
-        pool = set(np.flatnonzero(strength >= STRENGTH[NEAR_IDENTICAL]).tolist())
-        eligible = np.flatnonzero(strength >= 0)
-        if len(eligible):
-            k = min(top_k + len(skip_rows), len(eligible))
-            part = eligible[np.argpartition(-best_cos[eligible], k - 1)[:k]]
-            pool.update(part.tolist())
-        pool.difference_update(skip_rows)
+        near = np.flatnonzero(best_pdq <= PDQ_MATCH_DISTANCE)
+        k = min(top_k, n)
+        by_cosine = np.argpartition(-best_cos, k - 1)[:k] if k < n else np.arange(n)
+        pool = (set(exact) | set(near.tolist()) | set(by_cosine.tolist())) - skip_rows
+        exact_set = set(exact)
+        similar_on = threshold < 1.0
+
+        def evidence_of(row: int) -> str | None:
+            if row in exact_set:
+                return EXACT
+            if best_pdq[row] <= PDQ_MATCH_DISTANCE:
+                return NEAR_IDENTICAL
+            if similar_on and best_cos[row] >= threshold:
+                return SIMILAR
+            return None
 
         def order(row: int) -> tuple[int, int, float]:
-            s = int(strength[row])
-            group = 0 if s == STRENGTH[EXACT] else 1 if s == STRENGTH[NEAR_IDENTICAL] else 2
-            dist = int(best_pdq[row]) if group == 1 else 0
-            return group, dist, -float(best_cos[row])
+            ev = evidence_of(row)
+            group = 0 if ev == EXACT else 1 if ev == NEAR_IDENTICAL else 2
+            return group, int(best_pdq[row]) if group == 1 else 0, -float(best_cos[row])
 
-        ranked = sorted(pool, key=order)[:top_k]
-        names = {v: k for k, v in STRENGTH.items()}
         matches = []
-        for rank, row in enumerate(ranked, 1):
-            s = int(strength[row])
-            evidence = names.get(s)
+        for rank, row in enumerate(sorted(pool, key=order)[:top_k], 1):
+            evidence = evidence_of(row)
             if evidence == EXACT:
                 variant = FULL_FRAME
             elif evidence == NEAR_IDENTICAL:
-                variant = cand.variants[best_pdq_variant[row]]
+                one = np.array([row])
+                variant = cand.variants[int(np.argmin([self._pdq(one, h)[0] for h in cand.pdq]))]
             else:
-                variant = cand.variants[best_cos_variant[row]]
+                row_scores = np.asarray(self.embeddings[row]) @ np.asarray(vectors, np.float32).T
+                variant = cand.variants[int(row_scores.argmax())]
             matches.append(Match(rank, row, float(best_cos[row]), int(best_pdq[row]), evidence,
                                  variant, self.index.photos[row]))
-        top = int(strength.max()) if n else 0
-        return CheckResult(cand.path, names.get(top, NEW), matches)
+        if exact:
+            verdict = EXACT
+        elif len(near):
+            verdict = NEAR_IDENTICAL
+        elif similar_on and float(best_cos.max()) >= threshold:
+            verdict = SIMILAR
+        else:
+            verdict = NEW
+        return CheckResult(cand.path, verdict, matches)
 
 
 def check_photos(paths: list[Path], index: Index, spec: ModelSpec, engine: Engine,
