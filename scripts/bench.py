@@ -174,14 +174,28 @@ def synthetic_index(root: Path, spec, weights: Path, n: int) -> None:
     write_index(root, photos, pdq, {spec.name: (entry, emb)}, ["synthetic"])
 
 
+# Runs dupecheck and reports its own high-water RSS (VmHWM) at exit: a child's ru_maxrss
+# would include the (large) benchmark process it was forked from.
+_MEASURED = (
+    "import atexit, runpy, sys\n"
+    "def hwm():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            sys.stderr.write('VMHWM_KB ' + line.split()[1] + '\\n')\n"
+    "atexit.register(hwm)\n"
+    "sys.argv = ['dupecheck'] + sys.argv[1:]\n"
+    "runpy.run_module('dupecheck', run_name='__main__')\n")
+
+
 def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, int, int]:
-    """Wall seconds, exit code and peak RSS (MB) of a child process."""
+    """Wall seconds, exit code and peak RSS (MB) of `dupecheck ARGS` in a fresh process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", _MEASURED, *args], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, proc.returncode, usage.ru_maxrss // 1024
+    kb = [int(line.split()[1]) for line in proc.stderr.splitlines()
+          if line.startswith("VMHWM_KB")]
+    return wall, proc.returncode, (kb[-1] // 1024 if kb else -1)
 
 
 def bench_check(photos_dir: Path, work: Path, runs: int) -> list[dict[str, object]]:
@@ -196,8 +210,7 @@ def bench_check(photos_dir: Path, work: Path, runs: int) -> list[dict[str, objec
     env = {**os.environ, "DUPECHECK_INDEX": str(idx), "PYTHONPATH": str(REPO / "src")}
     results = []
     for engine in ("onnx", "torch"):
-        cmd = [sys.executable, "-m", "dupecheck", "check", str(photo), "--quiet",
-               "--engine", engine]
+        cmd = ["check", str(photo), "--quiet", "--engine", engine]
         run_measured(cmd, env)  # warm the page cache
         times, rss = [], []
         for _ in range(runs):
@@ -219,8 +232,8 @@ def bench_check(photos_dir: Path, work: Path, runs: int) -> list[dict[str, objec
 def bench_index_rss(photos_dir: Path, work: Path) -> dict[str, object]:
     weights = work / "resnet50-random.pth"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DUPECHECK_WEIGHTS": str(weights)}
-    cmd = [sys.executable, "-m", "dupecheck", "index", str(photos_dir), "--index",
-           str(work / "index-rss"), "--engine", "onnx", "--quiet"]
+    cmd = ["index", str(photos_dir), "--index", str(work / "index-rss"), "--engine", "onnx",
+           "--quiet"]
     wall, code, peak = run_measured(cmd, env)
     assert code == 0, code
     print(f"\n4. peak RSS of `dupecheck index` (onnx, {photos_dir.name}): {peak} MB, {wall:.1f} s")

@@ -21,7 +21,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 POSTED = [  # (source file, caption, kind)
-    ("jpg__Canon_EOS_20D_(1).jpg", "First light over the hills \U0001f304", "post"),
+    ("jpg__Canon_EOS_20D_(1).jpg", "Passion flower in the garden \U0001f338", "post"),
     ("jpg__Apple_iPhone_4S.jpg", "Weekend walk", "carousel"),
     ("jpg__Canon_EOS_30D_(4).jpg", "Weekend walk", "carousel"),
     ("jpg__Olympus_E-10.jpg", "", "story"),
@@ -104,7 +104,7 @@ def main() -> int:
     cands = args.out / "candidates"
     cands.mkdir(exist_ok=True)
     (cands / "IMG_0412.jpg").write_bytes(smaller_keeping_exif((src / ORIGINAL).read_bytes(), 1400))
-    (cands / "hills-reedit.jpg").write_bytes(reedit((src / REEDITED).read_bytes()))
+    (cands / "flower-reedit.jpg").write_bytes(reedit((src / REEDITED).read_bytes()))
     (cands / "never-posted.jpg").write_bytes(
         smaller_keeping_exif((src / NEVER_POSTED).read_bytes(), 1200))
     print(f"wrote {archive} and {cands}/")

@@ -53,6 +53,8 @@ ROOT_MARKERS = {"media", "content", "your_instagram_activity", "media.json", "pu
 # Where media files live; a file here that no JSON names is an orphan.
 MEDIA_DIRS = ("media/", "public-media/", "photos/", "videos/", "stories/", "profile/")
 
+MEDIA_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".heic", ".heif", ".avif",
+                    ".tif", ".tiff", ".bmp", ".mp4", ".mov", ".m4v", ".webm")
 MAX_MEMBER_BYTES = 256 * 1024 * 1024  # no photo or metadata file is this big; a zip bomb is
 MAX_JSON_DEPTH_ERRORS = (RecursionError, ValueError, UnicodeDecodeError)
 
@@ -313,8 +315,9 @@ class Archive:
                 elif mtype == "subtitle":
                     result.subtitles += 1
                 else:
-                    result.problems.append(Problem(display_name(path), "not a photo or a video "
-                                                   "(unknown file type), skipped"))
+                    reason = ("empty file" if not self.head(path)
+                              else "not a photo or a video (unknown file type)")
+                    result.problems.append(Problem(display_name(path), f"{reason}, skipped"))
         result.photos.extend(named.values())
         plain = not metadata
         if plain:
@@ -326,9 +329,14 @@ class Archive:
                 continue
             if path.startswith("public-media/") and path[len("public-"):] in referenced:
                 continue  # 2025 exports carry a second copy of media here
-            mtype = media_type(self.head(path), path)
+            head = self.head(path)
+            mtype = media_type(head, path)
             if mtype == "subtitle":
                 result.subtitles += 1
+                continue
+            if mtype == "other" and path.lower().endswith(MEDIA_EXTENSIONS):
+                reason = "empty file" if not head else "not a photo or a video (unknown file type)"
+                result.problems.append(Problem(display_name(path), f"{reason}, skipped"))
                 continue
             if not plain:
                 result.orphans.append(display_name(path))

@@ -16,6 +16,7 @@ PDQ_MATCH_DISTANCE = 31  # the usual PDQ threshold: <= 31 of 256 bits differ
 # PDQ reduces every image to 64 x 64; hashing at <= 512 px gives the same bits, faster,
 # and the same size rule for an archive copy and a camera original.
 PDQ_MAX_SIDE = 512
+PDQ_MIN_SIDE = 256  # below this, PDQ's 64 x 64 reduction loses bits it needs
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 

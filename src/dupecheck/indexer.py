@@ -261,7 +261,7 @@ def _embed_new(
     def prepare(item: tuple[str, PhotoRecord]) -> _Prepared | Problem:
         sha, record = item
         try:
-            photo = decode(archive.read(record.path), record.path, draft=spec.draft_size)
+            photo = decode(archive.read(record.path), record.path, draft=spec.archive_draft_size)
             return _Prepared(sha, pdq_hash(photo.image), spec.to_input(photo.image),
                              photo.taken_at)
         except (ArchiveError, ImageError) as exc:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .indexer import IndexSummary
 from .search import EXACT, NEAR_IDENTICAL, NEW, SIMILAR, CheckResult
 from .store import Index
+
+if TYPE_CHECKING:  # not needed on the check path
+    from .analysis import DuplicateGroup, SimilarityStats
+    from .calibrate import Calibration
+    from .indexer import IndexSummary
 
 CAPTION_WIDTH = 48
 VERDICT_STYLE = {EXACT: "bold red", NEAR_IDENTICAL: "bold red", SIMILAR: "bold yellow",
@@ -45,6 +51,7 @@ def check_document(model: str, threshold: float, results: list[CheckResult]) -> 
                 "photo": r.photo,
                 "verdict": r.verdict,
                 **({"error": r.error} if r.error else {}),
+                **({"skipped": r.skipped} if r.skipped else {}),
                 "matches": [
                     {
                         "rank": m.rank,
@@ -97,6 +104,9 @@ def render_check(console: Console, model: str, threshold: float,
             table.add_row(str(m.rank), f"{m.score:.3f}", str(m.pdq_distance), evidence, kind,
                           (m.photo.taken_at or "")[:10], where)
         console.print(table)
+        if result.skipped:
+            console.print(f"[dim]skipped {len(result.skipped)} archive photo(s) you marked not "
+                          f"a match: {escape(', '.join(result.skipped))}[/dim]")
         console.print()
     similar = "off" if threshold >= 1.0 else f"cosine >= {threshold:g}"
     console.print(f"[dim]model {model}; similar: {similar}; near-identical: PDQ distance "
@@ -171,3 +181,128 @@ def render_info(console: Console, index: Index, doc: dict[str, Any] | None = Non
         console.print(f"dates: {doc['dates']['first'][:10]} to {doc['dates']['last'][:10]}")
     for archive in index.archives:
         console.print(f"archive: {escape(archive)}")
+
+
+# -- dupes ---------------------------------------------------------------------------
+
+
+def dupes_document(model: str, threshold: float, groups: list[DuplicateGroup]
+                   ) -> dict[str, Any]:
+    return {"model": model, "threshold": threshold, "groups": [
+        {"evidence": g.evidence, "score": round(g.score, 6),
+         "photos": [{"path": p.path, "kind": p.kind, "taken_at": p.taken_at,
+                     "caption": p.caption} for p in g.photos]} for g in groups]}
+
+
+def render_dupes(console: Console, model: str, threshold: float,
+                 groups: list[DuplicateGroup]) -> None:
+    if not groups:
+        console.print("No photo appears twice in the archive.")
+    for n, group in enumerate(groups, 1):
+        style = VERDICT_STYLE.get(group.evidence, "")
+        console.print(Text.assemble((f"group {n}: ", "bold"), (group.evidence, style),
+                                    f", cosine up to {group.score:.3f}, "
+                                    f"{len(group.photos)} photos"))
+        table = Table(box=None, pad_edge=False, header_style="dim")
+        table.add_column("kind", no_wrap=True)
+        table.add_column("date", no_wrap=True)
+        table.add_column("caption / path", overflow="fold", ratio=1)
+        for p in group.photos:
+            where = Text(shorten(p.caption) or "(no caption)", style="" if p.caption else "dim")
+            where.append("\n" + p.path, style="dim")
+            table.add_row(p.kind, (p.taken_at or "")[:10], where)
+        console.print(table)
+        console.print()
+    similar = "off" if threshold >= 1.0 else f"cosine >= {threshold:g}"
+    console.print(f"[dim]model {model}; similar: {similar}; near-identical: PDQ <= 31[/dim]")
+
+
+# -- stats ---------------------------------------------------------------------------
+
+
+def _histogram_table(title: str, counts: np.ndarray, edges: np.ndarray, threshold: float,
+                     width: int = 40) -> Table:
+    table = Table(title=title, box=None, show_header=False, title_justify="left")
+    table.add_column(justify="right", no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)
+    peak = max(int(counts.max(initial=0)), 1)
+    for count, low, high in zip(counts, edges[:-1], edges[1:], strict=True):
+        bar = "█" * int(round(width * count / peak)) or ("▏" if count else "")
+        style = "yellow" if high > threshold else "cyan"
+        table.add_row(f"{low:.3f}-{high:.3f}", Text(bar, style=style), str(int(count)))
+    return table
+
+
+def render_stats(console: Console, stats: SimilarityStats) -> None:
+    doc = stats.document()
+    console.print(f"[bold]{stats.model}[/bold]: {doc['photos']} photos, {doc['pairs']} pairs"
+                  f"{' (sampled)' if stats.sampled else ''}; threshold {stats.threshold:g} "
+                  f"(bars above it in yellow)")
+    pct = Table("", *[k for k in doc["nearest_neighbour"]], box=None, header_style="dim")
+    for label, key in (("nearest neighbour", "nearest_neighbour"), ("all pairs", "all_pairs")):
+        pct.add_row(label, *[f"{v:.3f}" for v in doc[key].values()])
+    console.print(pct)
+    for label, values in (("nearest neighbour", stats.nearest), ("all pairs", stats.pairs)):
+        if len(values):
+            counts, edges = stats.histogram(values)
+            console.print(_histogram_table(label, counts, edges, stats.threshold))
+    console.print()
+
+
+def plot_stats(path: Path, all_stats: list[SimilarityStats]) -> None:
+    """Nearest-neighbour and all-pairs histograms per model, side by side, threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(all_stats), figsize=(5.5 * len(all_stats), 7),
+                             squeeze=False)
+    for col, stats in enumerate(all_stats):
+        for row, (label, values) in enumerate((("nearest neighbour", stats.nearest),
+                                               ("all pairs", stats.pairs))):
+            ax = axes[row][col]
+            if len(values):
+                counts, edges = stats.histogram(values, bins=40)
+                ax.stairs(counts, edges, fill=True, alpha=0.7)
+            ax.axvline(stats.threshold, color="crimson", linestyle="--",
+                       label=f"threshold {stats.threshold:g}")
+            ax.set_title(f"{stats.model}: {label}")
+            ax.set_xlabel("cosine similarity")
+            ax.set_ylabel("photos" if row == 0 else "pairs")
+            ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- calibrate -----------------------------------------------------------------------
+
+
+def render_calibration(console: Console, results: list[Calibration]) -> None:
+    for r in results:
+        console.print(f"[bold]{r.model}[/bold]: {r.sampled} photos re-posted "
+                      f"{len(r.positives)} ways; target precision {r.precision_target:g}")
+        table = Table("threshold", "precision", "recall", box=None, header_style="dim")
+        shown = [row for row in r.table if 0.0 < row.recall < 1.0 or row.precision < 1.0]
+        for row in (shown or r.table)[::max(1, len(shown or r.table) // 15)]:
+            mark = " ◀" if r.recommended is not None and row.threshold == r.recommended else ""
+            table.add_row(f"{row.threshold:.3f}{mark}", f"{row.precision:.3f}",
+                          f"{row.recall:.3f}")
+        console.print(table)
+        if r.recommended is None:
+            console.print("[yellow]no threshold reaches the target precision[/yellow]")
+        else:
+            margin = f", margin {r.margin:.3f} above the highest negative below it" \
+                if r.margin is not None else ""
+            console.print(f"recommended threshold: [bold]{r.recommended:g}[/bold]{margin}")
+        for line in r.skipped:
+            console.print(f"[yellow]skipped:[/yellow] {escape(line)}")
+        console.print()
+    edits = Table("edit", *[r.model for r in results], title="mean similarity of the edited "
+                  "copy to its source", box=None, header_style="dim", title_justify="left")
+    for name in results[0].by_edit if results else []:
+        edits.add_row(name, *[f"{float(np.mean(r.by_edit[name])):.3f}" if r.by_edit[name]
+                              else "-" for r in results])
+    console.print(edits)

@@ -58,6 +58,8 @@ class CheckResult:
     verdict: str | None  # None when the photo could not be read
     matches: list[Match] = field(default_factory=list)
     error: str | None = None
+    sha256: str | None = None
+    skipped: list[str] = field(default_factory=list)  # archive paths marked "not a match"
 
 
 def validate_threshold(threshold: float) -> float:
@@ -192,7 +194,8 @@ class Searcher:
 
 
 def check_photos(paths: list[Path], index: Index, spec: ModelSpec, engine: Engine,
-                 threshold: float, top_k: int = DEFAULT_TOP_K) -> list[CheckResult]:
+                 threshold: float, top_k: int = DEFAULT_TOP_K,
+                 not_matches: dict[str, set[str]] | None = None) -> list[CheckResult]:
     """Check each photo against the index; a photo that cannot be read gets an error result."""
     validate_threshold(threshold)
     if top_k < 1:
@@ -215,6 +218,61 @@ def check_photos(paths: list[Path], index: Index, spec: ModelSpec, engine: Engin
             results.append(item)
             continue
         v = len(item.variants)
-        results.append(searcher.search(item, vectors[offset:offset + v], threshold, top_k))
+        excluded = (not_matches or {}).get(item.sha256, set())
+        skip = frozenset(r for sha in excluded for r in searcher.rows_by_sha.get(sha, []))
+        result = searcher.search(item, vectors[offset:offset + v], threshold, top_k, skip)
+        result.sha256 = item.sha256
+        result.skipped = sorted(index.photos[r].path for r in skip)
+        results.append(result)
         offset += v
     return results
+
+
+@dataclass
+class Comparison:
+    """Every evidence between two photos."""
+
+    a: str
+    b: str
+    same_bytes: bool
+    pdq_distance: int
+    pdq_variant: str  # which crop of which photo came closest
+    cosines: dict[str, float]  # model -> cosine of the best variant pair
+    thresholds: dict[str, float]
+    verdict: str
+
+
+def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float]]
+                   ) -> Comparison:
+    """Compare two photos as `check` compares a candidate with an archive photo, both ways."""
+    cosines: dict[str, float] = {}
+    thresholds: dict[str, float] = {}
+    ca = cb = None
+    for spec, engine, threshold in models:
+        ca, cb = load_candidate(a, spec), load_candidate(b, spec)
+        va = embed_images(engine, ca.pixels, spec.batch_size)
+        vb = embed_images(engine, cb.pixels, spec.batch_size)
+        cosines[spec.name] = float(max((va @ vb[0]).max(), (vb @ va[0]).max()))
+        thresholds[spec.name] = threshold
+    if ca is None or cb is None:
+        from .engines import get_model_spec
+
+        spec = get_model_spec("resnet50")
+        ca, cb = load_candidate(a, spec), load_candidate(b, spec)
+    a_vs_b = [int(pdq_distances(cb.pdq[:1], h)[0]) for h in ca.pdq]
+    b_vs_a = [int(pdq_distances(ca.pdq[:1], h)[0]) for h in cb.pdq]
+    best_a, best_b = int(np.argmin(a_vs_b)), int(np.argmin(b_vs_a))
+    if a_vs_b[best_a] <= b_vs_a[best_b]:
+        distance, variant = a_vs_b[best_a], f"{ca.variants[best_a]} of A"
+    else:
+        distance, variant = b_vs_a[best_b], f"{cb.variants[best_b]} of B"
+    same = ca.sha256 == cb.sha256
+    if same:
+        verdict = EXACT
+    elif distance <= PDQ_MATCH_DISTANCE:
+        verdict = NEAR_IDENTICAL
+    elif any(t < 1.0 and cosines[m] >= t for m, t in thresholds.items()):
+        verdict = SIMILAR
+    else:
+        verdict = NEW
+    return Comparison(str(a), str(b), same, distance, variant, cosines, thresholds, verdict)

@@ -44,6 +44,7 @@ PHOTOS_FILE = "photos.json"
 PDQ_FILE = "pdq.npy"
 STAGING_DIR = "staging"
 LOCK_FILE = ".lock"
+NOT_MATCHES_FILE = "not-matches.json"  # the person's "not a re-post" verdicts; survives re-index
 
 
 def embeddings_file(model: str) -> str:
@@ -386,3 +387,48 @@ class Staging:
 
     def clear_all(self) -> None:
         shutil.rmtree(self.dir.parent, ignore_errors=True)
+
+
+# -- "not a match", remembered ------------------------------------------------------------
+
+
+class NotMatches:
+    """Pairs the person said are not re-posts: candidate content -> archive photos' content.
+
+    Keyed by SHA-256 on both sides, so a verdict survives renames and re-indexing.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / NOT_MATCHES_FILE
+
+    def load(self) -> dict[str, set[str]]:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise IndexUnusable(f"unreadable ({exc}); delete it to forget the pairs marked "
+                                f"not a match", self.path) from exc
+        if not isinstance(doc, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
+                for k, v in doc.items()):
+            raise IndexUnusable("malformed; delete it to forget the pairs marked not a match",
+                                self.path)
+        return {k: set(v) for k, v in doc.items()}
+
+    def add(self, candidate_sha256: str, archive_sha256s: set[str]) -> None:
+        pairs = self.load()
+        pairs.setdefault(candidate_sha256, set()).update(archive_sha256s)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        doc = {k: sorted(v) for k, v in sorted(pairs.items())}
+        _write_synced(tmp, lambda fh: fh.write(json.dumps(doc, indent=1).encode()))
+        os.replace(tmp, self.path)
+
+
+def republish(index: Index, models: Mapping[str, ModelEntry]) -> Index:
+    """The same rows under an updated manifest (e.g. a calibrated threshold)."""
+    embeddings = {name: (entry, np.asarray(index.embeddings(name)))
+                  for name, entry in models.items()}
+    with writer_lock(index.root):
+        return write_index(index.root, index.photos, index.pdq, embeddings, index.archives)

@@ -12,10 +12,17 @@ from .. import report
 from ..engines import DEFAULT_MODEL, ModelSpec, get_model_spec, load_engine
 from ..engines.base import choose_engine
 from ..engines.weights import file_sha256, resolve_weights
-from ..errors import EXIT_OK, EXIT_POSTED, EXIT_USAGE, IndexUnusable, WeightsUnavailable
-from ..indexer import build_index
+from ..errors import (
+    EXIT_OK,
+    EXIT_POSTED,
+    EXIT_USAGE,
+    IndexUnusable,
+    UsageError,
+    WeightsUnavailable,
+)
+from ..evidence import sha256_bytes
 from ..search import DEFAULT_TOP_K, NEW, check_photos, validate_threshold
-from ..store import Index, open_index
+from ..store import Index, NotMatches, open_index
 from .app import app, err, error_boundary, out
 from .options import EngineName, IndexDir, JsonOut, ModelName, Quiet, WeightsPath
 
@@ -52,6 +59,8 @@ def index(
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done)
+
+        from ..indexer import build_index
 
         summary = build_index(archives, index_dir, spec, weights_path, rebuild=rebuild,
                               engine=engine, progress=on_progress)
@@ -104,6 +113,14 @@ def check(
     model: ModelName = None,
     weights: WeightsPath = None,
     engine: EngineName = "auto",
+    html_report: Annotated[Path | None, typer.Option(
+        "--report", dir_okay=False, help="Write a self-contained HTML page: each photo beside "
+        "its matches.")] = None,
+    sheet: Annotated[Path | None, typer.Option(
+        "--sheet", dir_okay=False, help="Write the same as one contact-sheet PNG.")] = None,
+    not_match: Annotated[list[str] | None, typer.Option(
+        "--not", metavar="ARCHIVE_PATH", help="Remember that these photos are not re-posts "
+        "of this archive photo (its path as shown); later checks skip the pair.")] = None,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
@@ -116,8 +133,11 @@ def check(
     weights_path = _weights_for(index, spec, weights)
     entry = index.models[spec.name]
     thr = threshold if threshold is not None else (entry.threshold or spec.default_threshold)
+    remembered = NotMatches(index.root)
+    if not_match:
+        _remember_not_matches(index, remembered, photos, not_match)
     runner = load_engine(spec, weights_path, engine, entry.weights_sha256)
-    results = check_photos(photos, index, spec, runner, thr, top_k)
+    results = check_photos(photos, index, spec, runner, thr, top_k, remembered.load())
     for r in results:
         if r.error:
             err.print(f"[bold red]error:[/bold red] {r.error}", highlight=False, soft_wrap=True)
@@ -125,12 +145,34 @@ def check(
         out.print_json(data=report.check_document(spec.name, thr, results))
     elif not quiet:
         report.render_check(out, spec.name, thr, results)
+    if html_report or sheet:
+        from .. import visual
+
+        if html_report:
+            visual.write_html(html_report, index, spec.name, thr, results)
+        if sheet:
+            visual.write_sheet(sheet, index, results)
     code = EXIT_OK
     if any(r.verdict not in (None, NEW) for r in results):
         code = EXIT_POSTED
     if any(r.error for r in results):
         code = EXIT_USAGE
     raise typer.Exit(code)
+
+
+def _remember_not_matches(index: Index, remembered: NotMatches, photos: list[Path],
+                          archive_paths: list[str]) -> None:
+    by_path = {p.path: p.sha256 for p in index.photos}
+    unknown = [p for p in archive_paths if p not in by_path]
+    if unknown:
+        raise UsageError(f"--not {unknown[0]}: no such photo in the index (use the archive "
+                         f"path `check` shows)")
+    targets = {by_path[p] for p in archive_paths}
+    for photo in photos:
+        try:
+            remembered.add(sha256_bytes(photo.read_bytes()), targets)
+        except OSError as exc:
+            raise UsageError(f"{photo}: {exc.strerror or exc}") from exc
 
 
 @app.command()

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UsageError
-from ..evidence import PDQ_MAX_SIDE
+from ..evidence import PDQ_MAX_SIDE, PDQ_MIN_SIDE
 from ..imaging import to_model_input
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,9 +62,15 @@ class ModelSpec:
 
     @property
     def draft_size(self) -> int:
-        """JPEGs may decode this small: every Instagram crop still covers the model input,
-        and PDQ still sees the detail it hashes."""
+        """Candidates' JPEGs may decode this small: every Instagram crop of them still
+        covers the model input, and PDQ still sees the detail it hashes."""
         return max(2 * max(self.resize, self.crop), PDQ_MAX_SIDE)
+
+    @property
+    def archive_draft_size(self) -> int:
+        """Archive photos are embedded uncropped (Instagram already cropped them), so
+        their JPEGs may decode smaller still: 4x fewer pixels than `draft_size`."""
+        return max(self.resize, self.crop, PDQ_MIN_SIDE)
 
     def to_input(self, img: Image.Image) -> np.ndarray:
         return to_model_input(img, self.resize, self.crop, self.mean, self.std)

@@ -1,0 +1,183 @@
+"""Choose the embedding threshold from the person's own photos.
+
+Each sampled archive photo is re-posted the ways people re-post (Instagram's resize
+and re-encode, a crop, colour and light edits, a small rotation, a filter). Each
+edited copy is checked exactly as `check` would check it: its similarity to its own
+source is a positive, its best similarity to any other photo a negative.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+from .archive import Archive
+from .engines import Engine, ModelSpec, embed_images
+from .errors import ArchiveError, DupecheckError, IndexUnusable
+from .imaging import centre_crop_to_aspect, crop_variants, decode
+from .store import Index
+
+DEFAULT_PRECISION = 0.99
+DEFAULT_SAMPLE = 40
+THRESHOLDS = np.round(np.arange(0.50, 1.0001, 0.005), 3)
+
+Edit = Callable[[Image.Image, random.Random], Image.Image]
+
+
+def _resize_1080(img: Image.Image, rng: random.Random) -> Image.Image:
+    if img.width <= 1080:
+        return img
+    return img.resize((1080, round(img.height * 1080 / img.width)), Image.Resampling.LANCZOS)
+
+
+def _crop(img: Image.Image, rng: random.Random) -> Image.Image:
+    return centre_crop_to_aspect(img, rng.choice((1.0, 0.8)))
+
+
+def _brightness(img: Image.Image, rng: random.Random) -> Image.Image:
+    return ImageEnhance.Brightness(img).enhance(rng.choice((0.8, 0.88, 1.12, 1.25)))
+
+
+def _contrast(img: Image.Image, rng: random.Random) -> Image.Image:
+    return ImageEnhance.Contrast(img).enhance(rng.choice((0.8, 1.2, 1.3)))
+
+
+def _saturation(img: Image.Image, rng: random.Random) -> Image.Image:
+    return ImageEnhance.Color(img).enhance(rng.choice((0.6, 1.3, 1.5)))
+
+
+def _warmth(img: Image.Image, rng: random.Random) -> Image.Image:
+    shift = rng.choice((-14, -8, 8, 14))
+    r, g, b = img.split()
+    return Image.merge("RGB", (r.point(lambda v: max(0, min(255, v + shift))), g,
+                               b.point(lambda v: max(0, min(255, v - shift)))))
+
+
+def _rotation(img: Image.Image, rng: random.Random) -> Image.Image:
+    angle = rng.choice((-3.0, -2.0, 2.0, 3.0))
+    rotated = img.rotate(angle, Image.Resampling.BILINEAR, expand=False)
+    w, h = img.size  # crop away the corners the rotation left empty
+    m = int(max(w, h) * np.sin(np.radians(abs(angle)))) + 1
+    return rotated.crop((m, m, w - m, h - m))
+
+
+def _filter(img: Image.Image, rng: random.Random) -> Image.Image:
+    soft = img.filter(ImageFilter.GaussianBlur(1.2))
+    sepia = Image.merge("RGB", [c.point(lambda v, k=k: min(255, int(v * k)))
+                                for c, k in zip(img.convert("L").convert("RGB").split(),
+                                                (1.07, 0.94, 0.75), strict=True)])
+    return Image.blend(soft, sepia, 0.35)
+
+
+EDITS: dict[str, Edit] = {
+    "instagram resize": _resize_1080,
+    "crop 1:1 or 4:5": _crop,
+    "brightness": _brightness,
+    "contrast": _contrast,
+    "saturation": _saturation,
+    "warmth": _warmth,
+    "rotation 2-3 deg": _rotation,
+    "filter": _filter,
+}
+
+
+def _repost(img: Image.Image, edit: Edit, rng: random.Random) -> Image.Image:
+    """The edit, then Instagram's resize and a JPEG re-encode at quality 70-90."""
+    edited = _resize_1080(edit(img, rng), rng)
+    buf = io.BytesIO()
+    edited.convert("RGB").save(buf, "JPEG", quality=rng.randint(70, 90))
+    return decode(buf.getvalue(), "edited.jpg").image
+
+
+@dataclass
+class ThresholdRow:
+    threshold: float
+    precision: float
+    recall: float
+
+
+@dataclass
+class Calibration:
+    model: str
+    precision_target: float
+    sampled: int
+    positives: list[float] = field(default_factory=list)
+    negatives: list[float] = field(default_factory=list)
+    by_edit: dict[str, list[float]] = field(default_factory=dict)
+    table: list[ThresholdRow] = field(default_factory=list)
+    recommended: float | None = None
+    margin: float | None = None  # recommended threshold minus the highest negative below it
+    skipped: list[str] = field(default_factory=list)
+
+    def document(self) -> dict[str, object]:
+        return {
+            "model": self.model, "precision_target": self.precision_target,
+            "sampled": self.sampled, "recommended": self.recommended, "margin": self.margin,
+            "edits": {k: float(np.mean(v)) for k, v in self.by_edit.items() if v},
+            "table": [vars(r) for r in self.table],
+            "skipped": self.skipped,
+        }
+
+
+def precision_recall(positives: np.ndarray, negatives: np.ndarray,
+                     thresholds: np.ndarray = THRESHOLDS) -> list[ThresholdRow]:
+    rows = []
+    for t in thresholds:
+        tp = int((positives >= t).sum())
+        fp = int((negatives >= t).sum())
+        precision = tp / (tp + fp) if tp + fp else 1.0
+        recall = tp / len(positives) if len(positives) else 0.0
+        rows.append(ThresholdRow(float(t), precision, recall))
+    return rows
+
+
+def calibrate(index: Index, spec: ModelSpec, engine: Engine, *, sample: int = DEFAULT_SAMPLE,
+              precision: float = DEFAULT_PRECISION, seed: int = 0,
+              progress: Callable[[int, int], None] | None = None) -> Calibration:
+    """Positives, negatives and the recommended threshold for one model."""
+    if len(index) < 2:
+        raise IndexUnusable("calibration needs an index of at least two photos", index.root)
+    archives = [Path(a) for a in index.archives]
+    try:
+        archive = Archive(archives)
+    except ArchiveError as exc:
+        raise IndexUnusable(f"calibration re-reads the archive the index was built from, "
+                            f"which cannot be read now ({exc.reason})", index.root) from exc
+    rng = random.Random(seed)
+    matrix = np.asarray(index.embeddings(spec.name))
+    rows = rng.sample(range(len(index)), min(sample, len(index)))
+    result = Calibration(spec.name, precision, 0, by_edit={k: [] for k in EDITS})
+    with archive:
+        for done, row in enumerate(rows, 1):
+            photo = index.photos[row]
+            try:
+                source = decode(archive.read(photo.path), photo.path).image
+            except DupecheckError as exc:
+                result.skipped.append(str(exc))
+                continue
+            result.sampled += 1
+            same = np.array([p.sha256 == photo.sha256 for p in index.photos])
+            for name, edit in EDITS.items():
+                variants = crop_variants(_repost(source, edit, rng))
+                vectors = embed_images(engine, np.stack([spec.to_input(v) for _, v in variants]),
+                                       batch_size=spec.batch_size)
+                best = (matrix @ vectors.T).max(axis=1)
+                result.positives.append(float(best[row]))
+                result.by_edit[name].append(float(best[row]))
+                result.negatives.append(float(best[~same].max()))
+            if progress:
+                progress(done, len(rows))
+    pos, neg = np.array(result.positives), np.array(result.negatives)
+    result.table = precision_recall(pos, neg)
+    reaching = [r for r in result.table if r.precision >= precision and r.recall > 0]
+    if reaching:
+        result.recommended = reaching[0].threshold
+        below = neg[neg < result.recommended]
+        result.margin = float(result.recommended - below.max()) if len(below) else None
+    return result
