@@ -114,8 +114,6 @@ class Searcher:
 
     def _pdq(self, rows: slice | np.ndarray, query: np.ndarray) -> np.ndarray:
         """PDQ distances from one packed hash to the given rows."""
-        if not hasattr(np, "bitwise_count"):  # numpy < 2
-            return pdq_distances(self.index.pdq[rows], query)
         words = np.ascontiguousarray(query).view(np.uint64)
         total = np.bitwise_count(self.pdq_columns[0, rows] ^ words[0]).astype(np.int32)
         for w in range(1, 4):
