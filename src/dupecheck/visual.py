@@ -95,8 +95,9 @@ def write_html(path: Path, index: Index, model: str, threshold: float,
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dupecheck report"
              f"</title><style>{_CSS}</style></head><body>",
-             f"<h1>dupecheck</h1><p class='muted'>model {e(model)}, similar at cosine &ge; "
-             f"{threshold:g}, near-identical at PDQ distance &le; 31</p>"]
+             f"<h1>dupecheck</h1><p class='muted'>model {e(model)}; similar: "
+             f"{'off' if threshold >= 1.0 else f'cosine &ge; {threshold:g}'}; "
+             f"near-identical: PDQ distance &le; 31 of 256 bits</p>"]
     for result, cand, tiles in _thumbnails(index, results):
         verdict = result.verdict or "unreadable"
         parts.append(f"<section><h2>{e(result.photo)} <span class='verdict {e(verdict)}'>"
@@ -110,8 +111,9 @@ def write_html(path: Path, index: Index, model: str, threshold: float,
                                    if m.photo.carousel_index is not None else "")
             parts.append(
                 f"<figure class='match'><img alt='match {m.rank}' src='{_data_uri(tile)}'>"
-                f"<figcaption>#{m.rank} <b>{e(m.evidence or 'no match')}</b> "
-                f"({e(m.variant)})<br>score {m.score:.3f}, PDQ {m.pdq_distance}<br>"
+                f"<figcaption>#{m.rank} <b>{e(m.evidence or 'no match')}</b>"
+                f"{f' ({e(m.variant)})' if m.evidence else ''}<br>"
+                f"score {m.score:.3f}, PDQ {m.pdq_distance}<br>"
                 f"{e(kind)} {e((m.photo.taken_at or '')[:10])}<br>"
                 f"<span class='caption'>{caption}</span><br>"
                 f"<span class='muted path'>{e(m.photo.path)}</span></figcaption></figure>")
