@@ -240,6 +240,71 @@ def bench_index_rss(photos_dir: Path, work: Path) -> dict[str, object]:
     return {"peak_rss_mb": peak, "wall_s": wall}
 
 
+# -- 5. load: 100k photos' worth of index rows ------------------------------------------
+
+
+def bench_load(photos_dir: Path, work: Path, rows: int, runs: int) -> dict[str, object]:
+    """`check` against a 100k-row index, and `index` re-reading a 100k-photo archive.
+
+    The archive is 100k small distinct JPEGs; the index rows for them are written directly
+    through the store's API (with their real content hashes), so `index` reuses every
+    embedding: what is measured is the work and memory around the model at that size.
+    """
+    from PIL import Image
+
+    spec = MODELS["resnet50"]
+    weights = work / "resnet50-random.pth"
+    if not weights.exists():
+        weights = random_weights("resnet50", work)
+    load_engine(spec, weights, "onnx")
+    folder = work / "archive-100k"
+    rng = np.random.default_rng(7)
+    shas, pdqs = [], []
+    import hashlib
+    import io
+
+    for i in range(rows):
+        sub = folder / f"{i // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, "JPEG")
+        (sub / f"{i}.jpg").write_bytes(buf.getvalue())
+        shas.append(hashlib.sha256(buf.getvalue()).hexdigest())
+    paths = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.jpg"))
+    sha_of = {f"{i // 1000:03d}/{i}.jpg": s for i, s in enumerate(shas)}
+    photos = [IndexedPhoto(p, "photo", None, None, None, sha_of[p]) for p in paths]
+    emb = rng.normal(size=(rows, spec.dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    pdqs = rng.integers(0, 256, (rows, 32), dtype=np.uint8)
+    entry = ModelEntry(spec.name, spec.dim, file_sha256(weights), str(weights.resolve()),
+                       spec.preprocessing)
+    idx = work / "index-100k"
+    write_index(idx, photos, pdqs, {spec.name: (entry, emb)}, [str(folder)])
+    del emb
+    photo = next(p for p in sorted(photos_dir.iterdir()) if p.suffix.lower() == ".jpg")
+    env = {**os.environ, "DUPECHECK_INDEX": str(idx), "PYTHONPATH": str(REPO / "src"),
+           "DUPECHECK_WEIGHTS": str(weights)}
+    run_measured(["check", str(photo), "-q"], env)
+    times, rss = [], []
+    for _ in range(runs):
+        wall, code, peak = run_measured(["check", str(photo), "-q"], env)
+        assert code in (0, 1), code
+        times.append(wall)
+        rss.append(peak)
+    wall, code, index_rss = run_measured(["index", str(folder), "--quiet"], env)
+    assert code == 0, code
+    result = {"rows": rows, "dim": spec.dim, "check_median_s": statistics.median(times),
+              "check_peak_rss_mb": max(rss), "index_reuse_all_s": wall,
+              "index_peak_rss_mb": index_rss, "matrix_mb": rows * spec.dim * 4 // 2**20}
+    table(f"5. load: {rows:,} photos ({spec.name}, {result['matrix_mb']} MB matrix)",
+          ["what", "wall s", "peak RSS MB"],
+          [["check (median)", f"{result['check_median_s']:.2f}", result["check_peak_rss_mb"]],
+           ["index (every row reused)", f"{wall:.1f}", index_rss]])
+    shutil.rmtree(folder)
+    shutil.rmtree(idx)
+    return result
+
+
 # -- 3. search ----------------------------------------------------------------------------
 
 
@@ -306,7 +371,9 @@ def main() -> int:
     parser.add_argument("--models", default="resnet50,mobileclip-s2")
     parser.add_argument("--max-rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--skip", default="", help="comma list of: index,check,search,rss")
+    parser.add_argument("--load-rows", type=int, default=100_000)
+    parser.add_argument("--skip", default="",
+                        help="comma list of: index,check,rss,load,search")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="dupecheck-bench-"))
@@ -322,6 +389,8 @@ def main() -> int:
             if not (work / "resnet50-random.pth").exists():
                 random_weights("resnet50", work)
             doc["index_rss"] = bench_index_rss(args.photos, work)
+        if "load" not in skip:
+            doc["load"] = bench_load(args.photos, work, args.load_rows, max(3, args.runs // 2))
         if "search" not in skip:
             doc["search"] = bench_search(work, args.max_rows)
     finally:

@@ -8,6 +8,7 @@ Instagram could have posted; the best variant counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,10 +192,15 @@ class Searcher:
         return CheckResult(cand.path, verdict, matches)
 
 
-def check_photos(paths: list[Path], index: Index, spec: ModelSpec, engine: Engine,
-                 threshold: float, top_k: int = DEFAULT_TOP_K,
+def check_photos(paths: list[Path], index: Index, spec: ModelSpec,
+                 engine: Engine | Callable[[], Engine], threshold: float,
+                 top_k: int = DEFAULT_TOP_K,
                  not_matches: dict[str, set[str]] | None = None) -> list[CheckResult]:
-    """Check each photo against the index; a photo that cannot be read gets an error result."""
+    """Check each photo against the index; a photo that cannot be read gets an error result.
+
+    `engine` may be a callable that returns the engine, so that the model can load in
+    another thread while the photos decode and the index is verified.
+    """
     validate_threshold(threshold)
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
@@ -206,6 +212,8 @@ def check_photos(paths: list[Path], index: Index, spec: ModelSpec, engine: Engin
         except DupecheckError as exc:
             loaded.append(CheckResult(str(path), None, error=str(exc)))
     candidates = [c for c in loaded if isinstance(c, Candidate)]
+    if callable(engine) and not hasattr(engine, "embed_batch"):
+        engine = engine()
     vectors = embed_images(engine, np.concatenate([c.pixels for c in candidates])
                            if candidates else np.zeros((0, 3, spec.crop, spec.crop), np.float32),
                            batch_size=spec.batch_size)

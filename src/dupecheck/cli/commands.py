@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -136,8 +137,11 @@ def check(
     remembered = NotMatches(index.root)
     if not_match:
         _remember_not_matches(index, remembered, photos, not_match)
-    runner = load_engine(spec, weights_path, engine, entry.weights_sha256)
-    results = check_photos(photos, index, spec, runner, thr, top_k, remembered.load())
+    # The model loads in a thread while the photos decode and the index is verified.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        loading = pool.submit(load_engine, spec, weights_path, engine, entry.weights_sha256)
+        results = check_photos(photos, index, spec, loading.result, thr, top_k,
+                               remembered.load())
     for r in results:
         if r.error:
             err.print(f"[bold red]error:[/bold red] {r.error}", highlight=False, soft_wrap=True)
