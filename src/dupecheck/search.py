@@ -69,6 +69,14 @@ def validate_threshold(threshold: float) -> float:
     return threshold
 
 
+def effective_threshold(explicit: float | None, calibrated: float | None,
+                        default: float) -> float:
+    """An explicit --threshold wins, then the one calibrated into the index, then the model's."""
+    if explicit is not None:
+        return validate_threshold(explicit)
+    return calibrated if calibrated is not None else default
+
+
 def load_candidate(path: Path, spec: ModelSpec) -> Candidate:
     """Read, decode and hash one photo; ImageError (naming it) when it cannot be read."""
     try:

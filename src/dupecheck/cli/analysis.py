@@ -14,15 +14,11 @@ from ..engines import DEFAULT_MODEL, MODELS, get_model_spec, load_engine
 from ..engines.base import choose_engine
 from ..engines.weights import resolve_weights
 from ..errors import EXIT_OK, EXIT_POSTED, WeightsUnavailable
-from ..search import NEW, validate_threshold
+from ..search import NEW, effective_threshold
 from ..store import open_index, republish
 from .app import app, err, error_boundary, out
 from .commands import _index_model, _progress, _weights_for
-from .options import EngineName, IndexDir, JsonOut, ModelName, Quiet, WeightsPath
-
-Threshold = Annotated[float | None, typer.Option(
-    "--threshold", "-t", help="Cosine for 'similar', in (0, 1]; 1.0 turns it off. "
-    "Default: the index's calibrated value, else the model's.")]
+from .options import EngineName, IndexDir, JsonOut, ModelName, Quiet, Threshold, WeightsPath
 
 
 @app.command()
@@ -43,8 +39,7 @@ def dupes(
     entry = index.models[spec.name]
     if weights is not None:
         _weights_for(index, spec, weights)
-    thr = validate_threshold(threshold if threshold is not None
-                             else entry.threshold or spec.default_threshold)
+    thr = effective_threshold(threshold, entry.threshold, spec.default_threshold)
     with _progress(quiet or json_out) as bar:
         task = bar.add_task("comparing", total=len(index))
         groups = find_duplicates(index, spec.name, thr,
@@ -78,8 +73,8 @@ def stats(
     for name in names:
         spec = get_model_spec(name)
         entry = index.models[name]
-        thr = threshold if threshold is not None else entry.threshold or spec.default_threshold
-        results.append(similarity_stats(index, name, validate_threshold(thr), sample, seed))
+        thr = effective_threshold(threshold, entry.threshold, spec.default_threshold)
+        results.append(similarity_stats(index, name, thr, sample, seed))
     if plot is not None:
         report.plot_stats(plot, results)
     if json_out:
@@ -159,8 +154,6 @@ def compare(
     """Two photos, no index: every evidence and the verdict (exit codes as `check`)."""
     from ..search import compare_photos
 
-    if threshold is not None:
-        validate_threshold(threshold)
     choose_engine(engine)
     names = [model] if model else sorted(n for n, s in MODELS.items() if s.weights)
     models = []
@@ -175,7 +168,7 @@ def compare(
                 raise
             unavailable.append(f"{name}: {exc.reason}")
             continue
-        thr = threshold if threshold is not None else spec.default_threshold
+        thr = effective_threshold(threshold, None, spec.default_threshold)
         models.append((spec, load_engine(spec, path, engine), thr))
     result = compare_photos(photo_a, photo_b, models)
     if json_out:

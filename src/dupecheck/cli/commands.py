@@ -22,10 +22,18 @@ from ..errors import (
     WeightsUnavailable,
 )
 from ..evidence import sha256_bytes
-from ..search import DEFAULT_TOP_K, NEW, check_photos, validate_threshold
+from ..search import DEFAULT_TOP_K, NEW, check_photos, effective_threshold
 from ..store import Index, NotMatches, open_index
 from .app import app, err, error_boundary, out
-from .options import EngineName, IndexDir, JsonOut, ModelName, Quiet, WeightsPath
+from .options import (
+    EngineName,
+    IndexDir,
+    JsonOut,
+    ModelName,
+    Quiet,
+    Threshold,
+    WeightsPath,
+)
 
 
 def _progress(quiet: bool) -> Progress:
@@ -108,9 +116,7 @@ def check(
     index_dir: IndexDir,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1,
                                        help="Archive photos to list per photo.")] = DEFAULT_TOP_K,
-    threshold: Annotated[float | None, typer.Option(
-        "--threshold", "-t", help="Cosine for 'similar', in (0, 1]; 1.0 turns it off. "
-        "Default: the index's calibrated value, else the model's.")] = None,
+    threshold: Threshold = None,
     model: ModelName = None,
     weights: WeightsPath = None,
     engine: EngineName = "auto",
@@ -127,13 +133,13 @@ def check(
 ) -> None:
     """Check photos against the index. Exit 0: all new; 1: some already posted."""
     if threshold is not None:
-        validate_threshold(threshold)
+        effective_threshold(threshold, None, 1.0)  # bad usage before any work
     choose_engine(engine)
     index = open_index(index_dir)
     spec = _index_model(index, model)
     weights_path = _weights_for(index, spec, weights)
     entry = index.models[spec.name]
-    thr = threshold if threshold is not None else (entry.threshold or spec.default_threshold)
+    thr = effective_threshold(threshold, entry.threshold, spec.default_threshold)
     remembered = NotMatches(index.root)
     if not_match:
         _remember_not_matches(index, remembered, photos, not_match)

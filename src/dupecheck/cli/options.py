@@ -34,3 +34,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but er
 EngineName = Annotated[str, typer.Option(
     "--engine", help="auto (ONNX Runtime on a CPU-only machine, torch with CUDA or MPS), "
     "onnx or torch.")]
+Threshold = Annotated[float | None, typer.Option(
+    "--threshold", "-t", help="Cosine for 'similar', in (0, 1]; 1.0 turns it off. "
+    "Default: the index's calibrated value, else the model's.")]

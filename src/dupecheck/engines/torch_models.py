@@ -115,8 +115,10 @@ def resnet50_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Module:
     return model
 
 
-def mobileclip_s2_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Module:
-    """open_clip's MobileCLIP-S2 image tower, reparameterised (train-time branches fused)."""
+def mobileclip_s2_module(weights: Path | None, spec: ModelSpec,
+                         reparameterize: bool = True) -> torch.nn.Module:
+    """open_clip's MobileCLIP-S2 image tower, reparameterised (train-time branches fused:
+    same outputs, faster)."""
     import open_clip
     from timm.utils.model import reparameterize_model
 
@@ -131,7 +133,7 @@ def mobileclip_s2_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Modu
         _load_into(model, weights, spec)
     visual = model.visual
     visual.eval()
-    return reparameterize_model(visual)
+    return reparameterize_model(visual) if reparameterize else visual
 
 
 def download_to_torch_hub(url: str, dest: Path) -> Path:
