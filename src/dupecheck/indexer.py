@@ -174,7 +174,7 @@ def build_index(
         shas = [r.sha256 for r in rows]
         pdq = (np.stack([known_pdq[s] for s in shas]) if rows
                else np.zeros((0, PDQ_BYTES), np.uint8))
-        matrix = (np.stack([known_emb[s] for s in shas]).astype(np.float32) if rows
+        matrix = (np.stack([known_emb[s] for s in shas]).astype(np.float32, copy=False) if rows
                   else np.zeros((0, spec.dim), np.float32))
         entry = ModelEntry(spec.name, spec.dim, weights_sha, str(Path(weights).resolve()),
                            spec.preprocessing,
