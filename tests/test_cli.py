@@ -169,6 +169,9 @@ def test_index_exit_codes(tmp_path, tiny_weights, export):
     result = invoke("index", str(export), "--index", str(tmp_path / "i"), "--model",
                     "tiny-test", "--weights", str(tmp_path / "absent.npy"))
     assert result.exit_code in (2, 3)  # Typer may refuse the missing path before we do
+    # An unreadable archive is bad usage even where no weights could be had.
+    result = invoke("index", str(tmp_path / "absent.zip"), "--index", str(tmp_path / "i"))
+    assert result.exit_code == 2 and "no such file or folder" in result.stderr
     result = invoke("index", str(export), "--index", str(tmp_path / "i"), "--model", "vgg")
     assert result.exit_code == 2 and "unknown model" in result.stderr
 

@@ -108,6 +108,8 @@ def render_check(console: Console, model: str, threshold: float,
             console.print(f"[dim]skipped {len(result.skipped)} archive photo(s) you marked not "
                           f"a match: {escape(', '.join(result.skipped))}[/dim]")
         console.print()
+    if all(r.verdict is None for r in results):
+        return  # nothing was checked: the error lines say why
     similar = "off" if threshold >= 1.0 else f"cosine >= {threshold:g}"
     console.print(f"[dim]model {model}; similar: {similar}; near-identical: PDQ distance "
                   f"<= 31 of 256 bits[/dim]")

@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import report
+from ..archive import Archive
 from ..engines import DEFAULT_MODEL, ModelSpec, get_model_spec, load_engine
 from ..engines.base import choose_engine
 from ..engines.weights import file_sha256, resolve_weights
@@ -60,6 +61,7 @@ def index(
     """Index an Instagram export: the index then holds exactly these archives' photos."""
     spec = get_model_spec(model or DEFAULT_MODEL)
     choose_engine(engine)
+    Archive(archives).close()  # unreadable archives are bad usage (2), before any weights (3)
     weights_path = resolve_weights(spec, weights)
     with _progress(quiet or json_out) as bar:
         tasks: dict[str, int] = {}
