@@ -37,5 +37,5 @@ set -x
 status=$?
 { set +x; } 2>/dev/null
 echo "exit code $status: 1 means at least one photo is already posted (expected here:" \
-     "IMG_0412.jpg and flower-reedit.jpg are, never-posted.jpg is not)" >&2
+     "IMG_0412.jpg, flower-reedit.jpg and walk-recropped.jpg are, never-posted.jpg is not)" >&2
 [ "$status" -eq 1 ]

@@ -6,7 +6,8 @@ The export is what Instagram's "Download your information" gives (layout D, one 
 with a wrapper folder): photos posted as Instagram posts them (upright, 4:5 crop when
 taller, 1080 px wide, re-encoded, EXIF stripped). The candidates are what a person
 would check before posting: a camera original of a posted photo (stored sideways with
-an EXIF Orientation tag), a re-edit of another posted photo, and one never posted.
+an EXIF Orientation tag), a re-edit of another posted photo, a re-framed (cropped,
+straightened, black and white) re-edit of a third, and one never posted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ POSTED = [  # (source file, caption, kind)
 ORIGINAL = "jpg__Apple_iPhone_4S.jpg"  # checked as its camera original: EXIF orientation 6
 REEDITED = "jpg__Canon_EOS_20D_(1).jpg"  # checked as a brighter, warmer re-edit
 NEVER_POSTED = "jpg__Nikon_D100.jpg"
+RECROPPED = "jpg__Canon_EOS_30D_(4).jpg"  # checked as an off-centre, straightened B&W re-edit
 
 
 def as_instagram_posts_it(data: bytes) -> bytes:
@@ -64,6 +66,20 @@ def reedit(data: bytes) -> bytes:
     img = Image.merge("RGB", (r.point(lambda v: min(255, v + 8)), g, b.point(lambda v: v * 0.94)))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=88)
+    return buf.getvalue()
+
+
+def recrop(data: bytes) -> bytes:
+    """The same exposure edited again: straightened 3 degrees, cropped off-centre to about
+    two thirds of each side, black and white. PDQ and the embedding's crops miss this."""
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    w, h = img.size
+    img = img.rotate(3.0, Image.Resampling.BICUBIC)
+    img = img.crop((int(w * 0.30), int(h * 0.22), int(w * 0.95), int(h * 0.90)))
+    img = ImageEnhance.Contrast(img.convert("L")).enhance(1.2).convert("RGB")
+    img.thumbnail((1200, 1200), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=86)
     return buf.getvalue()
 
 
@@ -105,6 +121,7 @@ def main() -> int:
     cands.mkdir(exist_ok=True)
     (cands / "IMG_0412.jpg").write_bytes(smaller_keeping_exif((src / ORIGINAL).read_bytes(), 1400))
     (cands / "flower-reedit.jpg").write_bytes(reedit((src / REEDITED).read_bytes()))
+    (cands / "walk-recropped.jpg").write_bytes(recrop((src / RECROPPED).read_bytes()))
     (cands / "never-posted.jpg").write_bytes(
         smaller_keeping_exif((src / NEVER_POSTED).read_bytes(), 1200))
     print(f"wrote {archive} and {cands}/")

@@ -9,6 +9,7 @@ source is a positive, its best similarity to any other photo a negative.
 from __future__ import annotations
 
 import io
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,39 @@ def _rotation(img: Image.Image, rng: random.Random) -> Image.Image:
     return rotated.crop((m, m, w - m, h - m))
 
 
+def _offcentre_crop(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A re-edit's crop: 55-85% of each side kept, anywhere in the frame."""
+    w, h = img.size
+    cw, ch = round(w * rng.uniform(0.55, 0.85)), round(h * rng.uniform(0.55, 0.85))
+    left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def _straighten(img: Image.Image, rng: random.Random) -> Image.Image:
+    """2-5 degrees either way, the corners the rotation left empty cropped away."""
+    angle = rng.uniform(2.0, 5.0) * rng.choice((-1, 1))
+    w, h = img.size
+    rotated = img.rotate(angle, Image.Resampling.BICUBIC, expand=False)
+    a = math.radians(abs(angle))
+    # The largest axis-aligned rectangle of the same aspect inside the rotated frame.
+    k = 1 / (math.cos(a) + max(w / h, h / w) * math.sin(a))
+    cw, ch = int(w * k) - 2, int(h * k) - 2
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return rotated.crop((left, top, left + cw, top + ch))
+
+
+def _grade(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A colour grade: light, contrast, saturation and warmth together."""
+    for edit in (_brightness, _contrast, _saturation, _warmth):
+        if rng.random() < 0.75:
+            img = edit(img, rng)
+    return img
+
+
+def _black_and_white(img: Image.Image, rng: random.Random) -> Image.Image:
+    return ImageEnhance.Contrast(img.convert("L")).enhance(rng.uniform(1.0, 1.3)).convert("RGB")
+
+
 def _filter(img: Image.Image, rng: random.Random) -> Image.Image:
     soft = img.filter(ImageFilter.GaussianBlur(1.2))
     sepia = Image.merge("RGB", [c.point(lambda v, k=k: min(255, int(v * k)))
@@ -84,7 +118,40 @@ EDITS: dict[str, Edit] = {
     "warmth": _warmth,
     "rotation 2-3 deg": _rotation,
     "filter": _filter,
+    "off-centre crop": _offcentre_crop,
+    "straightening 2-5 deg": _straighten,
 }
+
+
+def _chain(*edits: Edit) -> Edit:
+    def edit(img: Image.Image, rng: random.Random) -> Image.Image:
+        for step in edits:
+            img = step(img, rng)
+        return img
+    return edit
+
+
+# "The same photo, edited again" from the original: what `re-framed` is for. Used by the
+# tests and scripts/bench.py to measure recall and false matches on real photos.
+REEDITS: dict[str, Edit] = {
+    "off-centre crop": _offcentre_crop,
+    "straighten": _straighten,
+    "crop + grade": _chain(_offcentre_crop, _grade),
+    "straighten + black and white": _chain(_straighten, _black_and_white),
+    "straighten + crop + grade": _chain(_straighten, _offcentre_crop, _grade),
+    "crop + black and white": _chain(_offcentre_crop, _black_and_white),
+    "grade": _grade,
+    "black and white": _black_and_white,
+}
+
+
+def reedit(img: Image.Image, name: str, rng: random.Random) -> bytes:
+    """One re-edit as the person exports it: the edit, a resize to 1080-2048 px, a JPEG."""
+    edited = REEDITS[name](img.convert("RGB"), rng)
+    edited.thumbnail((rng.choice((1080, 1440, 2048)),) * 2, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    edited.save(buf, "JPEG", quality=rng.randint(75, 92))
+    return buf.getvalue()
 
 
 def _repost(img: Image.Image, edit: Edit, rng: random.Random) -> Image.Image:

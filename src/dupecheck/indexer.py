@@ -23,9 +23,11 @@ from .engines.weights import file_sha256
 from .errors import ArchiveError, ImageError, IndexUnusable
 from .evidence import PDQ_BYTES, pdq_hash, sha256_bytes
 from .imaging import decode
+from .localfeatures import LocalFeatures, build_shortlist, empty_features, extract, pack
 from .store import (
     Index,
     IndexedPhoto,
+    LocalArrays,
     ModelEntry,
     Staging,
     index_exists,
@@ -66,8 +68,9 @@ class _Prepared:
 
     sha256: str
     pdq: np.ndarray
-    pixels: np.ndarray
+    pixels: np.ndarray | None  # None when the embedding is already known
     taken_at: str | None
+    features: LocalFeatures | None
 
 
 def staging_key(spec: ModelSpec, weights_sha256: str) -> str:
@@ -102,8 +105,12 @@ def build_index(
     engine: str = "auto",
     engine_loader: EngineLoader | None = None,
     workers: int | None = None,
+    local_features: bool = True,
 ) -> IndexSummary:
-    """Make the index hold exactly the photos of `archives`, embedded with `spec`."""
+    """Make the index hold exactly the photos of `archives`, embedded with `spec`.
+
+    With `local_features` (the default) every photo's local features are stored too, for
+    the `re-framed` evidence; they are reused by content like the embeddings."""
     workers = workers or default_workers()
     archive, scan = scan_archive(archives)
     summary = IndexSummary(
@@ -138,28 +145,37 @@ def build_index(
         # 2. What is already known, by content.
         known_pdq: dict[str, np.ndarray] = {}
         known_emb: dict[str, np.ndarray] = {}
+        known_local: dict[str, LocalFeatures] = {}
         exif_taken: dict[str, str | None] = {}
         if previous is not None:
             prev_emb = previous.embeddings(spec.name) if spec.name in previous.models else None
+            wanted = {sha for _, sha in hashed}
             for row, photo in enumerate(previous.photos):
                 known_pdq[photo.sha256] = previous.pdq[row]
                 if prev_emb is not None:
                     known_emb[photo.sha256] = np.asarray(prev_emb[row])
+                if (local_features and previous.local is not None
+                        and photo.sha256 in wanted):
+                    known_local[photo.sha256] = previous.local.features(row)
                 if photo.kind in (KIND_UNLISTED, KIND_PHOTO):
                     exif_taken[photo.sha256] = photo.taken_at
         for sha, staged in staging.load().items():
             known_pdq[sha] = staged.pdq
             known_emb[sha] = staged.embedding
             exif_taken[sha] = staged.taken_at
+            if staged.local is not None:
+                known_local[sha] = staged.local
         needed: dict[str, PhotoRecord] = {}
         for record, sha in hashed:
-            if sha not in known_emb and sha not in needed:
+            missing = sha not in known_emb or (local_features and sha not in known_local)
+            if missing and sha not in needed:
                 needed[sha] = record
         summary.reused = len({sha for _, sha in hashed if sha in known_emb})
 
         # 3. Decode and embed what is new, batch by batch; each finished batch is staged.
         failed = _embed_new(archive, needed, spec, weights, staging, loader, known_pdq,
-                            known_emb, exif_taken, summary, progress, workers)
+                            known_emb, known_local if local_features else None, exif_taken,
+                            summary, progress, workers)
 
         # 4. Assemble the new generation, row-aligned.
         rows: list[IndexedPhoto] = []
@@ -182,7 +198,15 @@ def build_index(
         embeddings = {spec.name: (entry, matrix)}
         if previous is not None:
             embeddings.update(_realign_other_models(previous, spec.name, shas, summary))
-        write_index(index_dir, rows, pdq, embeddings, summary.archives)
+        local = None
+        if local_features:
+            if progress:
+                progress("shortlist", 0, 1)
+            desc, points, meta = pack([known_local.get(s, empty_features()) for s in shas])
+            local = LocalArrays(desc, points, meta, build_shortlist(desc, meta))
+            if progress:
+                progress("shortlist", 1, 1)
+        write_index(index_dir, rows, pdq, embeddings, summary.archives, local)
         staging.clear_all()
         summary.photos = len(rows)
     return summary
@@ -248,12 +272,14 @@ def _embed_new(
     engine_loader: EngineLoader,
     known_pdq: dict[str, np.ndarray],
     known_emb: dict[str, np.ndarray],
+    known_local: dict[str, LocalFeatures] | None,
     exif_taken: dict[str, str | None],
     summary: IndexSummary,
     progress: ProgressHook | None,
     workers: int,
 ) -> set[str]:
-    """Decode, hash and embed the new photos; returns the content hashes that failed."""
+    """Decode, hash, embed and take the local features of the new photos (each only where
+    not already known); returns the content hashes that failed."""
     failed: set[str] = set()
     if not needed:
         return failed
@@ -262,8 +288,9 @@ def _embed_new(
         sha, record = item
         try:
             photo = decode(archive.read(record.path), record.path, draft=spec.archive_draft_size)
-            return _Prepared(sha, pdq_hash(photo.image), spec.to_input(photo.image),
-                             photo.taken_at)
+            pixels = None if sha in known_emb else spec.to_input(photo.image)
+            features = extract(photo.image) if known_local is not None else None
+            return _Prepared(sha, pdq_hash(photo.image), pixels, photo.taken_at, features)
         except (ArchiveError, ImageError) as exc:
             return Problem(record.path, exc.reason)
 
@@ -274,16 +301,25 @@ def _embed_new(
         nonlocal engine
         if not batch:
             return
-        if engine is None:
-            engine = engine_loader(spec, weights)
-        vectors = engine.embed_batch(np.stack([p.pixels for p in batch]))
+        to_embed = [p for p in batch if p.pixels is not None]
+        if to_embed:
+            if engine is None:
+                engine = engine_loader(spec, weights)
+            for p, vec in zip(to_embed, engine.embed_batch(np.stack([p.pixels for p in to_embed])),
+                              strict=True):
+                known_emb[p.sha256] = vec
+        vectors = np.stack([known_emb[p.sha256] for p in batch])
         pdqs = np.stack([p.pdq for p in batch])
-        staging.add([p.sha256 for p in batch], pdqs, vectors, [p.taken_at for p in batch])
-        for p, vec in zip(batch, vectors, strict=True):
+        local = None
+        if known_local is not None:
+            local = pack([p.features or empty_features() for p in batch])
+        staging.add([p.sha256 for p in batch], pdqs, vectors, [p.taken_at for p in batch], local)
+        for p in batch:
             known_pdq[p.sha256] = p.pdq
-            known_emb[p.sha256] = vec
             exif_taken[p.sha256] = p.taken_at
-        summary.embedded += len(batch)
+            if known_local is not None:
+                known_local[p.sha256] = p.features or empty_features()
+        summary.embedded += len(to_embed)
         batch.clear()
 
     items = list(needed.items())

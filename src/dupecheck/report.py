@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .search import EXACT, NEAR_IDENTICAL, NEW, SIMILAR, CheckResult
+from .search import EXACT, NEAR_IDENTICAL, NEW, REFRAMED, SIMILAR, CheckResult, Match
 from .store import Index
 
 if TYPE_CHECKING:  # not needed on the check path
@@ -22,11 +22,12 @@ if TYPE_CHECKING:  # not needed on the check path
     from .indexer import IndexSummary
 
 CAPTION_WIDTH = 48
-VERDICT_STYLE = {EXACT: "bold red", NEAR_IDENTICAL: "bold red", SIMILAR: "bold yellow",
-                 NEW: "bold green"}
+VERDICT_STYLE = {EXACT: "bold red", NEAR_IDENTICAL: "bold red", REFRAMED: "bold red",
+                 SIMILAR: "bold yellow", NEW: "bold green"}
 VERDICT_TEXT = {
     EXACT: "already posted: the very same file",
     NEAR_IDENTICAL: "already posted: the same photo, re-encoded or edited",
+    REFRAMED: "already posted: the same photo, cropped or straightened differently",
     SIMILAR: "probably posted: a very similar photo",
     NEW: "not posted yet",
 }
@@ -64,6 +65,8 @@ def check_document(model: str, threshold: float, results: list[CheckResult]) -> 
                         "caption": m.photo.caption,
                         "carousel_index": m.photo.carousel_index,
                         "path": m.photo.path,
+                        "inliers": m.inliers,
+                        "transform": m.transform.document() if m.transform else None,
                     }
                     for m in r.matches
                 ],
@@ -74,7 +77,7 @@ def check_document(model: str, threshold: float, results: list[CheckResult]) -> 
 
 
 def render_check(console: Console, model: str, threshold: float,
-                 results: list[CheckResult]) -> None:
+                 results: list[CheckResult], local: bool = True) -> None:
     for result in results:
         if result.verdict is None:
             continue  # its error line went to stderr
@@ -96,7 +99,9 @@ def render_check(console: Console, model: str, threshold: float,
             kind = m.photo.kind + (f" #{m.photo.carousel_index + 1}"
                                    if m.photo.carousel_index is not None else "")
             evidence = Text(m.evidence or "-", style=VERDICT_STYLE.get(m.evidence or "", "dim"))
-            if m.evidence and m.variant != "full":
+            if m.evidence == REFRAMED:
+                evidence.append(f"\n{describe_transform(m)}", style="dim")
+            elif m.evidence and m.variant != "full":
                 evidence.append(f" ({m.variant})", style="dim")
             where = Text(shorten(m.photo.caption) or "(no caption)",
                          style="" if m.photo.caption else "dim")
@@ -111,8 +116,20 @@ def render_check(console: Console, model: str, threshold: float,
     if all(r.verdict is None for r in results):
         return  # nothing was checked: the error lines say why
     similar = "off" if threshold >= 1.0 else f"cosine >= {threshold:g}"
+    reframed = ("local features verified geometrically" if local
+                else "off (index built without local features: re-run `dupecheck index`)")
     console.print(f"[dim]model {model}; similar: {similar}; near-identical: PDQ distance "
-                  f"<= 31 of 256 bits[/dim]")
+                  f"<= 31 of 256 bits; re-framed: {reframed}[/dim]")
+
+
+def describe_transform(m: Match) -> str:
+    """'84 inliers, 62% x 71% of it, 3.1 deg': where the photo sits in the archive photo."""
+    if m.transform is None:
+        return f"{m.inliers} inliers"
+    x0, y0, x1, y1 = m.transform.box
+    turn = f", {m.transform.rotation_deg:+.1f} deg" if abs(m.transform.rotation_deg) >= 0.5 \
+        else ""
+    return f"{m.inliers} inliers, {x1 - x0:.0%} x {y1 - y0:.0%} of it{turn}"
 
 
 # -- index ---------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """`dupecheck check`: candidate photos -> ranked archive matches and a verdict.
 
-Three evidences, strongest first: identical bytes (`exact`), a PDQ hash within
-31 bits (`near-identical`), an embedding cosine at or above the threshold
-(`similar`). A candidate is compared as its full frame and as each crop that
-Instagram could have posted; the best variant counts.
+Four evidences, strongest first: identical bytes (`exact`), a PDQ hash within
+31 bits (`near-identical`), local features verified geometrically (`re-framed`: the
+same exposure cropped, zoomed or straightened), an embedding cosine at or above the
+threshold (`similar`). For PDQ and the embedding a candidate is compared as its full
+frame and as each crop that Instagram could have posted; the best variant counts.
 """
 
 from __future__ import annotations
@@ -18,14 +19,25 @@ from .engines import Engine, ModelSpec, embed_images
 from .errors import DupecheckError, ImageError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
 from .imaging import FULL_FRAME, crop_variants, decode
+from .localfeatures import (
+    SHORTLIST_GLOBAL,
+    SHORTLIST_VOTES,
+    LocalFeatures,
+    Shortlist,
+    Transform,
+    Verification,
+    extract,
+    verify,
+)
 from .store import Index, IndexedPhoto
 
 EXACT = "exact"
 NEAR_IDENTICAL = "near-identical"
+REFRAMED = "re-framed"
 SIMILAR = "similar"
 NEW = "new"
 # Strength of each evidence; a verdict is the strongest that fired for any archive photo.
-STRENGTH = {EXACT: 3, NEAR_IDENTICAL: 2, SIMILAR: 1}
+STRENGTH = {EXACT: 4, NEAR_IDENTICAL: 3, REFRAMED: 2, SIMILAR: 1}
 
 DEFAULT_TOP_K = 5
 MAX_CANDIDATE_BYTES = 256 * 1024 * 1024
@@ -40,6 +52,7 @@ class Candidate:
     variants: list[str]
     pdq: np.ndarray  # (V, 32)
     pixels: np.ndarray  # (V, 3, H, W)
+    features: LocalFeatures | None = None  # of the full frame; None: not taken
 
 
 @dataclass
@@ -51,6 +64,8 @@ class Match:
     evidence: str | None
     variant: str  # the variant that gave the evidence (or the best cosine)
     photo: IndexedPhoto
+    inliers: int | None = None  # local features verified against this photo; None: not tried
+    transform: Transform | None = None  # where the candidate sits in it, when re-framed
 
 
 @dataclass
@@ -77,8 +92,9 @@ def effective_threshold(explicit: float | None, calibrated: float | None,
     return calibrated if calibrated is not None else default
 
 
-def load_candidate(path: Path, spec: ModelSpec) -> Candidate:
-    """Read, decode and hash one photo; ImageError (naming it) when it cannot be read."""
+def load_candidate(path: Path, spec: ModelSpec, local: bool = False) -> Candidate:
+    """Read, decode and hash one photo; ImageError (naming it) when it cannot be read.
+    With `local`, also take its local features (for `re-framed`)."""
     try:
         size = path.stat().st_size
         if size > MAX_CANDIDATE_BYTES:
@@ -98,6 +114,7 @@ def load_candidate(path: Path, spec: ModelSpec) -> Candidate:
         variants=[name for name, _ in variants],
         pdq=np.stack([pdq_hash(img) for _, img in variants]),
         pixels=np.stack([spec.to_input(img) for _, img in variants]),
+        features=extract(photo.image) if local else None,
     )
 
 
@@ -120,6 +137,35 @@ class Searcher:
         self.rows_by_sha: dict[str, list[int]] = {}
         for row, photo in enumerate(index.photos):
             self.rows_by_sha.setdefault(photo.sha256, []).append(row)
+        self._shortlist: Shortlist | None = None
+
+    @property
+    def local(self) -> bool:
+        """Whether this index can give `re-framed` evidence."""
+        return self.index.local is not None
+
+    def shortlist(self) -> Shortlist:
+        if self._shortlist is None:
+            local = self.index.local
+            assert local is not None
+            self._shortlist = Shortlist.open(local.all_descriptors, local.meta,
+                                             local.shortlist_bytes())
+        return self._shortlist
+
+    def reframed(self, features: LocalFeatures, extra_rows: list[int],
+                 exclude: set[int]) -> dict[int, Verification]:
+        """Verify the shortlisted rows: by descriptor votes, plus `extra_rows` (the best by
+        cosine and PDQ, so that real weights help too)."""
+        local = self.index.local
+        if local is None or len(features) == 0:
+            return {}
+        rows = self.shortlist().votes(features, SHORTLIST_VOTES)
+        found: dict[int, Verification] = {}
+        for row in dict.fromkeys(rows + extra_rows):
+            if row in exclude or row in found:
+                continue
+            found[row] = verify(features, local.features(row))
+        return found
 
     def _pdq(self, rows: slice | np.ndarray, query: np.ndarray) -> np.ndarray:
         """PDQ distances from one packed hash to the given rows."""
@@ -158,8 +204,18 @@ class Searcher:
         near = np.flatnonzero(best_pdq <= PDQ_MATCH_DISTANCE)
         k = min(top_k, n)
         by_cosine = np.argpartition(-best_cos, k - 1)[:k] if k < n else np.arange(n)
-        pool = (set(exact) | set(near.tolist()) | set(by_cosine.tolist())) - skip_rows
         exact_set = set(exact)
+        verified: dict[int, Verification] = {}
+        if cand.features is not None and self.local:
+            g = min(SHORTLIST_GLOBAL, n)
+            top_cos = np.argpartition(-best_cos, g - 1)[:g] if g < n else np.arange(n)
+            top_pdq = np.argpartition(best_pdq, g - 1)[:g] if g < n else np.arange(n)
+            extra = [int(r) for r in np.concatenate([top_cos, top_pdq])
+                     if best_pdq[r] > PDQ_MATCH_DISTANCE]
+            verified = self.reframed(cand.features, extra,
+                                     exclude=exact_set | set(near.tolist()) | set(skip_rows))
+        reframed = {r for r, v in verified.items() if v.reframed}
+        pool = (exact_set | set(near.tolist()) | reframed | set(by_cosine.tolist())) - skip_rows
         similar_on = threshold < 1.0
 
         def evidence_of(row: int) -> str | None:
@@ -167,19 +223,23 @@ class Searcher:
                 return EXACT
             if best_pdq[row] <= PDQ_MATCH_DISTANCE:
                 return NEAR_IDENTICAL
+            if row in reframed:
+                return REFRAMED
             if similar_on and best_cos[row] >= threshold:
                 return SIMILAR
             return None
 
-        def order(row: int) -> tuple[int, int, float]:
+        def order(row: int) -> tuple[int, float, float]:
             ev = evidence_of(row)
-            group = 0 if ev == EXACT else 1 if ev == NEAR_IDENTICAL else 2
-            return group, int(best_pdq[row]) if group == 1 else 0, -float(best_cos[row])
+            group = {EXACT: 0, NEAR_IDENTICAL: 1, REFRAMED: 2}.get(ev or "", 3)
+            second = (float(best_pdq[row]) if group == 1 else
+                      -float(verified[row].inliers) if group == 2 else 0.0)
+            return group, second, -float(best_cos[row])
 
         matches = []
         for rank, row in enumerate(sorted(pool, key=order)[:top_k], 1):
             evidence = evidence_of(row)
-            if evidence == EXACT:
+            if evidence in (EXACT, REFRAMED):
                 variant = FULL_FRAME
             elif evidence == NEAR_IDENTICAL:
                 one = np.array([row])
@@ -187,12 +247,18 @@ class Searcher:
             else:
                 row_scores = np.asarray(self.embeddings[row]) @ np.asarray(vectors, np.float32).T
                 variant = cand.variants[int(row_scores.argmax())]
+            check = verified.get(row)
             matches.append(Match(rank, row, float(best_cos[row]), int(best_pdq[row]), evidence,
-                                 variant, self.index.photos[row]))
+                                 variant, self.index.photos[row],
+                                 inliers=check.inliers if check else None,
+                                 transform=check.transform if check and check.reframed
+                                 else None))
         if exact:
             verdict = EXACT
         elif len(near):
             verdict = NEAR_IDENTICAL
+        elif reframed:
+            verdict = REFRAMED
         elif similar_on and float(best_cos.max()) >= threshold:
             verdict = SIMILAR
         else:
@@ -216,7 +282,7 @@ def check_photos(paths: list[Path], index: Index, spec: ModelSpec,
     loaded: list[Candidate | CheckResult] = []
     for path in paths:
         try:
-            loaded.append(load_candidate(path, spec))
+            loaded.append(load_candidate(path, spec, local=searcher.local))
         except DupecheckError as exc:
             loaded.append(CheckResult(str(path), None, error=str(exc)))
     candidates = [c for c in loaded if isinstance(c, Candidate)]
@@ -254,6 +320,8 @@ class Comparison:
     cosines: dict[str, float]  # model -> cosine of the best variant pair
     thresholds: dict[str, float]
     verdict: str
+    inliers: int | None = None  # local features of A verified against B's
+    transform: dict[str, object] | None = None  # where A sits in B, when re-framed
 
 
 def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float]]
@@ -281,12 +349,18 @@ def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float
     else:
         distance, variant = b_vs_a[best_b], f"{cb.variants[best_b]} of B"
     same = ca.sha256 == cb.sha256
+    check = verify(extract(decode(a.read_bytes(), str(a)).image),
+                   extract(decode(b.read_bytes(), str(b)).image))
     if same:
         verdict = EXACT
     elif distance <= PDQ_MATCH_DISTANCE:
         verdict = NEAR_IDENTICAL
+    elif check.reframed:
+        verdict = REFRAMED
     elif any(t < 1.0 and cosines[m] >= t for m, t in thresholds.items()):
         verdict = SIMILAR
     else:
         verdict = NEW
-    return Comparison(str(a), str(b), same, distance, variant, cosines, thresholds, verdict)
+    return Comparison(str(a), str(b), same, distance, variant, cosines, thresholds, verdict,
+                      check.inliers, check.transform.document()
+                      if check.reframed and check.transform else None)

@@ -7,6 +7,7 @@ Layout of an index directory:
     gen-<id>/photos.json    one record per row
     gen-<id>/pdq.npy        (N, 32) uint8, row-aligned
     gen-<id>/embeddings-<model>.npy   (N, dim) float32, row-aligned, L2-normalised
+    gen-<id>/local-*.npy    local features for `re-framed` (see LocalStore), row-aligned
     staging/<key>/batch-*.npz         finished batches of an unfinished `index` run
 
 A new generation is written beside the old one and published by atomically
@@ -35,6 +36,7 @@ import numpy as np
 
 from .errors import IndexUnusable
 from .evidence import PDQ_BYTES
+from .localfeatures import DESCRIPTOR_DIM, LOCAL_FEATURES, LOCAL_VERSION, LocalFeatures, unpack
 
 FORMAT = "dupecheck-index"
 SCHEMA_VERSION = 1
@@ -45,6 +47,12 @@ PDQ_FILE = "pdq.npy"
 STAGING_DIR = "staging"
 LOCK_FILE = ".lock"
 NOT_MATCHES_FILE = "not-matches.json"  # the person's "not a re-post" verdicts; survives re-index
+LOCAL_DESCRIPTORS_FILE = "local-descriptors.npy"  # (N, 256, 128) uint8 RootSIFT
+LOCAL_POINTS_FILE = "local-points.npy"  # (N, 256, 2) float16 keypoint positions
+LOCAL_META_FILE = "local-meta.npy"  # (N, 3) uint16: keypoints, width, height
+LOCAL_BLOCKS_FILE = "local-blocks.npy"  # (B, 32) uint8: SHA-256 of each block of rows
+LOCAL_SHORTLIST_FILE = "local-shortlist.npy"  # a serialised FAISS index, large indexes only
+LOCAL_BLOCK_ROWS = 64  # rows per lazily verified block (~2 MB)
 
 
 def embeddings_file(model: str) -> str:
@@ -87,6 +95,7 @@ class Index:
     archives: list[str]
     created_at: str
     file_sha256: dict[str, str] = field(default_factory=dict)
+    local: LocalStore | None = None  # None: built before local features, or without them
 
     def __len__(self) -> int:
         return len(self.photos)
@@ -103,6 +112,96 @@ class Index:
         _check_npy(path, np.dtype("<f4"), (len(self.photos), entry.dim))
         _check_hash(path, self.file_sha256.get(name))
         return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+@dataclass
+class LocalArrays:
+    """Local features of every row, ready to write."""
+
+    descriptors: np.ndarray  # (N, LOCAL_FEATURES, DESCRIPTOR_DIM) uint8
+    points: np.ndarray  # (N, LOCAL_FEATURES, 2) float16
+    meta: np.ndarray  # (N, 3) uint16
+    shortlist: np.ndarray | None = None  # serialised FAISS index (uint8), for large indexes
+
+
+def _block_hashes(descriptors: np.ndarray, points: np.ndarray) -> np.ndarray:
+    count = len(descriptors)
+    hashes = np.zeros((-(-count // LOCAL_BLOCK_ROWS), 32), np.uint8)
+    for b, start in enumerate(range(0, count, LOCAL_BLOCK_ROWS)):
+        digest = hashlib.sha256(np.ascontiguousarray(descriptors[start:start + LOCAL_BLOCK_ROWS]))
+        digest.update(np.ascontiguousarray(points[start:start + LOCAL_BLOCK_ROWS]))
+        hashes[b] = np.frombuffer(digest.digest(), np.uint8)
+    return hashes
+
+
+class LocalStore:
+    """The generation's local features. Descriptors are memory-mapped and each block of
+    rows is verified against its hash the first time a row of it is read: a check that
+    verifies 16 photos reads 16 blocks, not the whole file, and never an unverified byte."""
+
+    def __init__(self, gen_dir: Path, count: int, files: dict[str, str]) -> None:
+        self.count = count
+        self._dir = gen_dir
+        self.meta = _load_verified(gen_dir / LOCAL_META_FILE, np.dtype("<u2"), (count, 3), files)
+        blocks = -(-count // LOCAL_BLOCK_ROWS)
+        self.block_hashes = _load_verified(gen_dir / LOCAL_BLOCKS_FILE, np.dtype("u1"),
+                                           (blocks, 32), files)
+        desc_path, points_path = gen_dir / LOCAL_DESCRIPTORS_FILE, gen_dir / LOCAL_POINTS_FILE
+        _check_npy(desc_path, np.dtype("u1"), (count, LOCAL_FEATURES, DESCRIPTOR_DIM))
+        _check_npy(points_path, np.dtype("<f2"), (count, LOCAL_FEATURES, 2))
+        self._descriptors = np.load(desc_path, mmap_mode="r", allow_pickle=False)
+        self._points = np.load(points_path, mmap_mode="r", allow_pickle=False)
+        self._verified: set[int] = set()
+        self._shortlist_sha = files.get(LOCAL_SHORTLIST_FILE)
+        if (self.meta[:, 0] > LOCAL_FEATURES).any():
+            raise IndexUnusable("keypoint counts out of range", gen_dir / LOCAL_META_FILE)
+
+    def _verify_block(self, block: int) -> None:
+        if block in self._verified:
+            return
+        start = block * LOCAL_BLOCK_ROWS
+        digest = hashlib.sha256(np.ascontiguousarray(
+            self._descriptors[start:start + LOCAL_BLOCK_ROWS]))
+        digest.update(np.ascontiguousarray(self._points[start:start + LOCAL_BLOCK_ROWS]))
+        if digest.digest() != self.block_hashes[block].tobytes():
+            raise IndexUnusable(f"rows {start}-{start + LOCAL_BLOCK_ROWS - 1} do not match "
+                                f"their checksum (edited or damaged); re-run `dupecheck index "
+                                f"ARCHIVE --rebuild`", self._dir / LOCAL_DESCRIPTORS_FILE)
+        self._verified.add(block)
+
+    def features(self, row: int) -> LocalFeatures:
+        """One row's features, its block verified first."""
+        self._verify_block(row // LOCAL_BLOCK_ROWS)
+        return unpack(self._descriptors, self._points, self.meta, row)
+
+    def all_descriptors(self) -> np.ndarray:
+        """Every row's descriptors (N, K, 128), every block verified (small indexes)."""
+        for block in range(len(self.block_hashes)):
+            self._verify_block(block)
+        return np.asarray(self._descriptors)
+
+    def all_points(self) -> np.ndarray:
+        for block in range(len(self.block_hashes)):
+            self._verify_block(block)
+        return np.asarray(self._points)
+
+    def shortlist_bytes(self) -> np.ndarray | None:
+        """The serialised FAISS index written for a large index, verified; None otherwise."""
+        if self._shortlist_sha is None:
+            return None
+        path = self._dir / LOCAL_SHORTLIST_FILE
+        _check_hash(path, self._shortlist_sha)
+        data = np.load(path, allow_pickle=False)
+        if data.dtype != np.uint8 or data.ndim != 1:
+            raise IndexUnusable("not a serialised shortlist", path)
+        return data
+
+
+def _load_verified(path: Path, dtype: np.dtype, shape: tuple[int, ...],
+                   files: dict[str, str]) -> np.ndarray:
+    _check_npy(path, dtype, shape)
+    _check_hash(path, files.get(path.name))
+    return np.load(path, allow_pickle=False)
 
 
 def index_exists(root: Path) -> bool:
@@ -175,10 +274,14 @@ def _open_generation(root: Path) -> Index:
     _check_npy(pdq_path, np.dtype("u1"), (count, PDQ_BYTES))
     _check_hash(pdq_path, files.get(PDQ_FILE))
     pdq = np.load(pdq_path, allow_pickle=False)
-    return Index(root, generation, photos, pdq, models, archives, created_at, files)
+    local = None
+    local_info = manifest.get("local")
+    if isinstance(local_info, dict) and local_info.get("version") == LOCAL_VERSION:
+        local = LocalStore(gen_dir, count, files)
+    return Index(root, generation, photos, pdq, models, archives, created_at, files, local)
 
 
-def _check_npy(path: Path, dtype: np.dtype, shape: tuple[int, int]) -> None:
+def _check_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
     """Header and size of a .npy, checked before numpy maps it."""
     try:
         with open(path, "rb") as fh:
@@ -260,6 +363,7 @@ def write_index(
     pdq: np.ndarray,
     embeddings: Mapping[str, tuple[ModelEntry, np.ndarray]],
     archives: Sequence[str],
+    local: LocalArrays | None = None,
 ) -> Index:
     """Publish a new generation atomically; on any failure the previous one stays current."""
     root = Path(root)
@@ -270,6 +374,11 @@ def write_index(
     for name, (entry, matrix) in embeddings.items():
         if matrix.shape != (count, entry.dim) or name != entry.name:
             raise ValueError(f"{name}: embeddings {matrix.shape} do not fit {count} x {entry.dim}")
+    if local is not None and not (
+            local.descriptors.shape == (count, LOCAL_FEATURES, DESCRIPTOR_DIM)
+            and local.points.shape == (count, LOCAL_FEATURES, 2)
+            and local.meta.shape == (count, 3)):
+        raise ValueError("local features do not fit the rows")
     generation = f"gen-{time.time_ns()}-{secrets.token_hex(3)}"
     tmp_dir = root / f".{generation}.tmp"
     try:
@@ -284,6 +393,9 @@ def write_index(
             files[embeddings_file(name)] = _write_synced(
                 tmp_dir / embeddings_file(name),
                 lambda fh, m=matrix: np.save(fh, np.ascontiguousarray(m, dtype="<f4")))
+        local_info = None
+        if local is not None:
+            local_info = _write_local(tmp_dir, local, files)
         manifest = {
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -292,6 +404,7 @@ def write_index(
             "archives": list(archives),
             "models": {name: asdict(entry) for name, (entry, _m) in embeddings.items()},
             "files": files,
+            **({"local": local_info} if local_info else {}),
         }
         manifest_bytes = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
         manifest_sha = _write_synced(tmp_dir / MANIFEST_FILE, lambda fh: fh.write(manifest_bytes))
@@ -315,6 +428,21 @@ def write_index(
         raise IndexUnusable(f"could not write the index ({reason}); {kept}", root) from exc
     _collect_garbage(root, keep={generation, previous or ""})
     return open_index(root)
+
+
+def _write_local(tmp_dir: Path, local: LocalArrays, files: dict[str, str]) -> dict[str, Any]:
+    arrays = {
+        LOCAL_DESCRIPTORS_FILE: np.ascontiguousarray(local.descriptors, np.uint8),
+        LOCAL_POINTS_FILE: np.ascontiguousarray(local.points, "<f2"),
+        LOCAL_META_FILE: np.ascontiguousarray(local.meta, "<u2"),
+        LOCAL_BLOCKS_FILE: _block_hashes(local.descriptors, local.points),
+    }
+    if local.shortlist is not None:
+        arrays[LOCAL_SHORTLIST_FILE] = np.ascontiguousarray(local.shortlist, np.uint8)
+    for name, array in arrays.items():
+        files[name] = _write_synced(tmp_dir / name, lambda fh, a=array: np.save(fh, a))
+    return {"version": LOCAL_VERSION, "features": LOCAL_FEATURES,
+            "shortlist": "faiss-ivfpq" if local.shortlist is not None else "flat"}
 
 
 def _current_generation(root: Path) -> str | None:
@@ -342,6 +470,7 @@ class StagedPhoto:
     pdq: np.ndarray
     embedding: np.ndarray
     taken_at: str | None
+    local: LocalFeatures | None = None
 
 
 class Staging:
@@ -365,22 +494,34 @@ class Staging:
                     pdq, emb, taken = data["pdq"], data["embedding"], data["taken_at"]
                     if not (len(shas) == len(pdq) == len(emb) == len(taken)):
                         raise ValueError("ragged batch")
+                    local = None
+                    if "local_meta" in data and int(data["local_version"]) == LOCAL_VERSION:
+                        local = (data["local_descriptors"], data["local_points"],
+                                 data["local_meta"])
+                        if not all(len(a) == len(shas) for a in local):
+                            raise ValueError("ragged batch")
                     for i, sha in enumerate(shas):
-                        found[sha] = StagedPhoto(pdq[i].copy(), emb[i].copy(),
-                                                 str(taken[i]) or None)
+                        found[sha] = StagedPhoto(
+                            pdq[i].copy(), emb[i].copy(), str(taken[i]) or None,
+                            unpack(*local, i) if local is not None else None)
             except Exception:
                 batch.unlink(missing_ok=True)  # a batch cut short by a crash: embed again
         return found
 
     def add(self, shas: Sequence[str], pdq: np.ndarray, embeddings: np.ndarray,
-            taken_at: Sequence[str | None]) -> None:
+            taken_at: Sequence[str | None],
+            local: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"batch-{time.time_ns()}-{secrets.token_hex(3)}"
         tmp = self.dir / f".{name}.tmp.npz"
+        extra = {}
+        if local is not None:
+            extra = {"local_descriptors": local[0], "local_points": local[1],
+                     "local_meta": local[2], "local_version": np.array(LOCAL_VERSION)}
         with open(tmp, "wb") as fh:
             np.savez(fh, sha256=np.array(shas, dtype="S64"), pdq=pdq.astype(np.uint8),
                      embedding=embeddings.astype("<f4"),
-                     taken_at=np.array([t or "" for t in taken_at], dtype="U40"))
+                     taken_at=np.array([t or "" for t in taken_at], dtype="U40"), **extra)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.dir / f"{name}.npz")
@@ -431,4 +572,13 @@ def republish(index: Index, models: Mapping[str, ModelEntry]) -> Index:
     embeddings = {name: (entry, np.asarray(index.embeddings(name)))
                   for name, entry in models.items()}
     with writer_lock(index.root):
-        return write_index(index.root, index.photos, index.pdq, embeddings, index.archives)
+        return write_index(index.root, index.photos, index.pdq, embeddings, index.archives,
+                           local_arrays(index))
+
+
+def local_arrays(index: Index) -> LocalArrays | None:
+    """The index's local features as they are, to carry into a new generation."""
+    if index.local is None:
+        return None
+    return LocalArrays(index.local.all_descriptors(), index.local.all_points(),
+                       index.local.meta.copy(), index.local.shortlist_bytes())

@@ -139,6 +139,12 @@ def calibrate(
                   f"still wins)")
 
 
+def _box(transform: dict) -> str:
+    x0, y0, x1, y1 = transform["box"]
+    return (f"the part {x0:.2f}-{x1:.2f} x {y0:.2f}-{y1:.2f}, turned "
+            f"{transform['rotation_deg']:+.1f} deg, scale {transform['scale']:.2f}")
+
+
 @app.command()
 @error_boundary
 def compare(
@@ -177,6 +183,8 @@ def compare(
         table = Table(show_header=False, box=None)
         table.add_row("same bytes", "yes" if result.same_bytes else "no")
         table.add_row("PDQ distance", f"{result.pdq_distance} ({result.pdq_variant})")
+        table.add_row("local features", f"{result.inliers} inliers agree"
+                      + (f": A is {_box(result.transform)} of B" if result.transform else ""))
         for name, cos in result.cosines.items():
             table.add_row(f"cosine {name}", f"{cos:.4f} (similar at >= "
                                             f"{result.thresholds[name]:g})")

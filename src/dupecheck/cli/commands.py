@@ -156,7 +156,7 @@ def check(
     if json_out:
         out.print_json(data=report.check_document(spec.name, thr, results))
     elif not quiet:
-        report.render_check(out, spec.name, thr, results)
+        report.render_check(out, spec.name, thr, results, local=index.local is not None)
     if html_report or sheet:
         from .. import visual
 

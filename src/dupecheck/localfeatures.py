@@ -1,0 +1,326 @@
+"""The fourth evidence, `re-framed`: the same exposure, cropped, zoomed or straightened.
+
+Global evidence (PDQ, embeddings) sees a whole frame, so an off-centre crop or a few
+degrees of straightening moves it far. Local features do not move: RootSIFT keypoints
+of the candidate are matched with an archive photo's, and a similarity transform
+(rotation, uniform scale, translation: what crop, zoom and straightening are) is fitted
+with RANSAC. Many inliers that agree on one plausible transform, spread over the
+overlap, prove the same pixels. The rule is strict on purpose: a false `re-framed` is
+worse than a miss, and PDQ and the embedding still catch the easier re-posts.
+
+OpenCV and FAISS are imported on first use: `check` pays for them only when it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# -- constants: one place ---------------------------------------------------------------------
+
+LOCAL_MAX_SIDE = 512  # features are taken on the photo reduced to this long side
+LOCAL_FEATURES = 256  # the strongest keypoints kept per photo
+DESCRIPTOR_DIM = 128  # SIFT
+# RootSIFT components are at most sqrt(0.2) (SIFT clamps at 0.2 of its L2 norm, L1 >= L2),
+# so x512 fits a byte with room to spare.
+ROOTSIFT_SCALE = 512.0
+LOCAL_VERSION = 1  # bump when extraction changes: stored features are then recomputed
+
+RATIO = 0.8  # Lowe's ratio test
+RANSAC_PIXELS = 4.0  # reprojection error, in pixels of the 512-px frames
+MAX_ROTATION_DEG = 15.0  # straightening is a few degrees; more is another photo
+MIN_SCALE, MAX_SCALE = 0.2, 5.0  # the candidate's 512 px against the archive photo's
+# The rule for `re-framed`; see README "How the thresholds were chosen" for the figures.
+MIN_INLIERS = 16  # distinct keypoint positions that agree on the transform
+MIN_INLIER_FRACTION = 0.25  # of the ratio-test matches that fall in the overlap
+MIN_SPREAD = 0.15  # inliers span at least this fraction of the overlap's width and height
+MIN_OVERLAP = 0.15  # the overlap covers at least this fraction of the smaller frame
+
+SHORTLIST_VOTES = 8  # photos verified from the descriptor votes
+SHORTLIST_GLOBAL = 4  # plus the best rows by cosine and by PDQ
+SEARCH_NEIGHBOURS = 8  # descriptors looked up per candidate descriptor
+FLAT_MAX_DESCRIPTORS = 1 << 17  # below this the shortlist is exact (built on open)
+
+
+@dataclass
+class LocalFeatures:
+    """One photo's keypoints and RootSIFT descriptors, at LOCAL_MAX_SIDE."""
+
+    points: np.ndarray  # (n, 2) float32, x and y in pixels of the reduced image
+    descriptors: np.ndarray  # (n, 128) uint8, RootSIFT x ROOTSIFT_SCALE
+    size: tuple[int, int]  # (width, height) of the reduced image
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass
+class Transform:
+    """Where the candidate sits in the archive photo."""
+
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the archive photo
+    rotation_deg: float
+    scale: float  # archive pixels per candidate pixel, both at LOCAL_MAX_SIDE
+
+    def document(self) -> dict[str, object]:
+        return {"box": [round(v, 4) for v in self.box],
+                "rotation_deg": round(self.rotation_deg, 2), "scale": round(self.scale, 4)}
+
+
+@dataclass
+class Verification:
+    """The outcome of matching a candidate with one archive photo."""
+
+    inliers: int
+    matches: int  # ratio-test matches
+    transform: Transform | None
+    reframed: bool
+    reason: str  # why not, when not
+
+
+_sift = None
+
+
+def _detector():  # type: ignore[no-untyped-def]
+    global _sift
+    if _sift is None:
+        import cv2
+
+        _sift = cv2.SIFT_create(nfeatures=LOCAL_FEATURES)
+    return _sift
+
+
+def reduce_for_features(img: Image.Image) -> Image.Image:
+    """Grey, long side at most LOCAL_MAX_SIDE (Image.reduce first: cheap on big photos)."""
+    grey = img.convert("L")
+    factor = max(grey.size) // (2 * LOCAL_MAX_SIDE)
+    if factor >= 2:
+        grey = grey.reduce(factor)
+    if max(grey.size) > LOCAL_MAX_SIDE:
+        grey = grey.copy()
+        grey.thumbnail((LOCAL_MAX_SIDE, LOCAL_MAX_SIDE), Image.Resampling.BILINEAR)
+    return grey
+
+
+def extract(img: Image.Image) -> LocalFeatures:
+    """RootSIFT features of an upright photo; a flat photo simply has few or none."""
+    grey = reduce_for_features(img)
+    pixels = np.asarray(grey, dtype=np.uint8)
+    empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8),
+                          grey.size)
+    if min(pixels.shape) < 16:
+        return empty
+    keypoints, desc = _detector().detectAndCompute(pixels, None)
+    if desc is None or not keypoints:
+        return empty
+    order = np.argsort([-k.response for k in keypoints], kind="stable")[:LOCAL_FEATURES]
+    points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+    desc = np.asarray(desc, np.float32)[order]
+    root = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-7))
+    quantised = np.clip(np.rint(root * ROOTSIFT_SCALE), 0, 255).astype(np.uint8)
+    return LocalFeatures(points, quantised, grey.size)
+
+
+def as_unit_vectors(descriptors: np.ndarray) -> np.ndarray:
+    """Stored uint8 RootSIFT -> float32 rows of unit length (L2 then acts as Hellinger)."""
+    vectors = np.asarray(descriptors, np.float32).reshape(-1, DESCRIPTOR_DIM)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-6)
+
+
+# -- packing into row-aligned arrays ------------------------------------------------------------
+
+
+def empty_features() -> LocalFeatures:
+    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8),
+                         (0, 0))
+
+
+def pack(features: list[LocalFeatures]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, K, 128) uint8 descriptors, (N, K, 2) float16 points, (N, 3) uint16 count/w/h."""
+    n = len(features)
+    desc = np.zeros((n, LOCAL_FEATURES, DESCRIPTOR_DIM), np.uint8)
+    points = np.zeros((n, LOCAL_FEATURES, 2), np.float16)
+    meta = np.zeros((n, 3), np.uint16)
+    for i, f in enumerate(features):
+        k = min(len(f), LOCAL_FEATURES)
+        desc[i, :k] = f.descriptors[:k]
+        points[i, :k] = f.points[:k]
+        meta[i] = (k, f.size[0], f.size[1])
+    return desc, points, meta
+
+
+def unpack(desc: np.ndarray, points: np.ndarray, meta: np.ndarray, row: int) -> LocalFeatures:
+    k, w, h = (int(v) for v in meta[row])
+    return LocalFeatures(np.asarray(points[row, :k], np.float32),
+                         np.asarray(desc[row, :k], np.uint8), (w, h))
+
+
+# -- verification ---------------------------------------------------------------------------
+
+
+def _ratio_matches(query: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """(m, 2) index pairs passing Lowe's ratio test, one per query descriptor, mutual best."""
+    if len(query) < 2 or len(train) < 2:
+        return np.zeros((0, 2), np.int64)
+    q, t = as_unit_vectors(query), as_unit_vectors(train)
+    sq = np.maximum(2.0 - 2.0 * (q @ t.T), 0.0)  # squared L2 of unit vectors
+    nearest = np.argpartition(sq, 1, axis=1)[:, :2]
+    d = np.take_along_axis(sq, nearest, axis=1)
+    swap = d[:, 1] < d[:, 0]
+    best = np.where(swap, nearest[:, 1], nearest[:, 0])
+    d1, d2 = np.minimum(d[:, 0], d[:, 1]), np.maximum(d[:, 0], d[:, 1])
+    passed = d1 < (RATIO * RATIO) * d2
+    mutual = sq.argmin(axis=0)[best] == np.arange(len(q))
+    keep = np.flatnonzero(passed & mutual)
+    return np.stack([keep, best[keep]], axis=1)
+
+
+def _distinct(points: np.ndarray) -> int:
+    """Keypoints at the same place (SIFT's extra orientations) count once."""
+    return len(np.unique(np.round(points).astype(np.int32), axis=0))
+
+
+def verify(candidate: LocalFeatures, archive: LocalFeatures) -> Verification:
+    """Does the candidate show the archive photo's pixels, re-framed? Strict by design."""
+    import cv2
+
+    pairs = _ratio_matches(candidate.descriptors, archive.descriptors)
+    if len(pairs) < 4:
+        return Verification(0, len(pairs), None, False, "too few matching features")
+    src = candidate.points[pairs[:, 0]].astype(np.float32)
+    dst = archive.points[pairs[:, 1]].astype(np.float32)
+    model, mask = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=2000,
+        confidence=0.995, refineIters=10)
+    if model is None or mask is None:
+        return Verification(0, len(pairs), None, False, "no consistent transform")
+    inlier_mask = mask.ravel().astype(bool)
+    inliers = _distinct(dst[inlier_mask])
+    a, b = float(model[0, 0]), float(model[1, 0])
+    scale = math.hypot(a, b)
+    rotation = math.degrees(math.atan2(b, a))
+    cw, ch = candidate.size
+    aw, ah = archive.size
+    corners = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
+    mapped = corners @ model[:, :2].T.astype(np.float32) + model[:, 2].astype(np.float32)
+    x0, y0 = np.clip(mapped.min(axis=0), 0, [aw, ah])
+    x1, y1 = np.clip(mapped.max(axis=0), 0, [aw, ah])
+    transform = Transform((float(x0 / aw), float(y0 / ah), float(x1 / aw), float(y1 / ah)),
+                          rotation, scale)
+
+    def verdict(ok: bool, reason: str = "") -> Verification:
+        return Verification(inliers, len(pairs), transform, ok, reason)
+
+    if not MIN_SCALE <= scale <= MAX_SCALE:
+        return verdict(False, f"implausible scale {scale:.2f}")
+    if abs(rotation) > MAX_ROTATION_DEG:
+        return verdict(False, f"implausible rotation {rotation:.1f} deg")
+    overlap_w, overlap_h = x1 - x0, y1 - y0
+    if overlap_w <= 0 or overlap_h <= 0:
+        return verdict(False, "no overlap")
+    smaller = min(aw * ah, cw * ch * scale * scale)
+    if overlap_w * overlap_h < MIN_OVERLAP * smaller:
+        return verdict(False, "overlap too small")
+    if inliers < MIN_INLIERS:
+        return verdict(False, f"{inliers} inliers, fewer than {MIN_INLIERS}")
+    inside = ((dst[:, 0] >= x0) & (dst[:, 0] <= x1) & (dst[:, 1] >= y0) & (dst[:, 1] <= y1))
+    fraction = inlier_mask.sum() / max(int(inside.sum()), 1)
+    if fraction < MIN_INLIER_FRACTION:
+        return verdict(False, f"only {fraction:.0%} of the matches agree")
+    good = dst[inlier_mask]
+    spread_x = (np.percentile(good[:, 0], 95) - np.percentile(good[:, 0], 5)) / overlap_w
+    spread_y = (np.percentile(good[:, 1], 95) - np.percentile(good[:, 1], 5)) / overlap_h
+    if min(spread_x, spread_y) < MIN_SPREAD:
+        return verdict(False, "the agreeing features cluster in one spot")
+    return verdict(True)
+
+
+# -- the shortlist: which archive photos are worth verifying -----------------------------------
+
+
+def _valid_vectors(descriptors: np.ndarray, meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored descriptor as a unit vector, with the row it belongs to."""
+    counts = np.asarray(meta[:, 0], np.int64)
+    valid = np.arange(descriptors.shape[1])[None, :] < counts[:, None]  # (N, K)
+    rows = np.nonzero(valid)[0].astype(np.int64)
+    return as_unit_vectors(np.asarray(descriptors)[valid]), rows
+
+
+def ivf_lists(total: int) -> int:
+    return int(min(4096, max(64, 4 * math.sqrt(total))))
+
+
+def build_shortlist(descriptors: np.ndarray, meta: np.ndarray, seed: int = 0
+                    ) -> np.ndarray | None:
+    """A serialised FAISS IVF-PQ index of every descriptor (ids = rows), for large indexes.
+
+    Small indexes get None: their exact (flat) shortlist is built when they are opened,
+    in milliseconds, and costs no disk.
+    """
+    total = int(np.asarray(meta[:, 0], np.int64).sum())
+    if total <= FLAT_MAX_DESCRIPTORS:
+        return None
+    import faiss
+
+    nlist = ivf_lists(total)
+    quantizer = faiss.IndexFlatL2(DESCRIPTOR_DIM)
+    index = faiss.IndexIVFPQ(quantizer, DESCRIPTOR_DIM, nlist, 16, 8)
+    rng = np.random.default_rng(seed)
+    # Train on a sample (64 points per list is plenty), add every row block by block.
+    sample_rows = np.sort(rng.choice(len(meta), size=min(len(meta),
+                                                         max(1, 64 * nlist // 128)),
+                                     replace=False))
+    train, _ = _valid_vectors(np.asarray(descriptors[sample_rows]), meta[sample_rows])
+    index.train(train)
+    block = 4096
+    for start in range(0, len(meta), block):
+        vectors, rows = _valid_vectors(np.asarray(descriptors[start:start + block]),
+                                       meta[start:start + block])
+        if len(vectors):
+            index.add_with_ids(vectors, rows + start)
+    return faiss.serialize_index(index)
+
+
+class Shortlist:
+    """Candidate descriptors -> the archive rows they vote for, via FAISS."""
+
+    def __init__(self, index: object) -> None:
+        self.index = index
+
+    @classmethod
+    def open(cls, descriptors_loader: object, meta: np.ndarray,
+             stored: np.ndarray | None) -> Shortlist:
+        import faiss
+
+        if stored is not None:
+            index = faiss.deserialize_index(stored)
+            index.nprobe = 16
+            return cls(index)
+        vectors, rows = _valid_vectors(descriptors_loader(), meta)  # type: ignore[operator]
+        index = faiss.IndexIDMap(faiss.IndexFlatL2(DESCRIPTOR_DIM))
+        if len(vectors):
+            index.add_with_ids(vectors, rows)
+        return cls(index)
+
+    def votes(self, features: LocalFeatures, limit: int = SHORTLIST_VOTES,
+              exclude: int | None = None) -> list[int]:
+        """Rows ranked by how many candidate descriptors find them among their neighbours,
+        each neighbour counted when clearly nearer than the k-th (the background)."""
+        if len(features) == 0 or self.index.ntotal == 0:  # type: ignore[attr-defined]
+            return []
+        k = min(SEARCH_NEIGHBOURS, int(self.index.ntotal))  # type: ignore[attr-defined]
+        dist, ids = self.index.search(as_unit_vectors(features.descriptors), k)  # type: ignore
+        background = dist[:, -1:] if k > 1 else np.full((len(dist), 1), np.inf)
+        close = (dist < (RATIO * RATIO) * background) & (ids >= 0)
+        if exclude is not None:
+            close &= ids != exclude
+        tally: dict[int, int] = {}
+        for q in range(len(ids)):
+            for row in set(ids[q][close[q]].tolist()):
+                tally[row] = tally.get(row, 0) + 1
+        ranked = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [row for row, count in ranked[:limit] if count >= 2]
