@@ -114,3 +114,48 @@ def png_declaring(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
     rows = zlib.compress(b"\x00" * 1000, 9)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+# -- re-edits of real photos, for `re-framed` ------------------------------------------------
+
+
+def reedit_split(photos: list[Path], part: str) -> tuple[list[Path], list[Path], int]:
+    """(posted, never posted, seed) for one part of the re-edit set.
+
+    The rule's constants were set on "tuning" and "tuning-2" (scripts/bench.py prints
+    both). "held-back" draws its own 40 posted photos and its own edits; it was not looked
+    at until the rule was final, and a rule change must not be made from its misses.
+    """
+    import random
+
+    photos = sorted(photos)
+    if part == "tuning":
+        posted, seed = photos[::2][:40], 0
+    elif part == "tuning-2":
+        posted, seed = photos[1::2][:40], 1
+    elif part == "held-back":
+        posted, seed = sorted(random.Random(2).sample(photos, 40)), 2
+    else:
+        raise ValueError(part)
+    return posted, [p for p in photos if p not in posted], seed
+
+
+def reedit_cases(posted: list[Path], never: list[Path], seed: int, per_posted: int = 5,
+                 per_never: int = 1) -> list[tuple[int | None, str, bytes]]:
+    """(index of the posted photo or None, edit, JPEG bytes): each posted photo re-edited
+    from its original `per_posted` ways, never-posted photos edited the same ways."""
+    import random
+
+    from dupecheck.calibrate import REEDITS, reedit
+    from dupecheck.imaging import decode
+
+    names = list(REEDITS)
+    rng = random.Random(seed)
+    cases: list[tuple[int | None, str, bytes]] = []
+    for i, path in enumerate(posted + never):
+        original = decode(path.read_bytes(), path.name).image
+        own = i if i < len(posted) else None
+        for k in range(per_posted if own is not None else per_never):
+            name = names[(i * per_posted + k) % len(names)]
+            cases.append((own, name, reedit(original, name, rng)))
+    return cases

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .evidence import PDQ_MATCH_DISTANCE
-from .search import EXACT, NEAR_IDENTICAL, SIMILAR, STRENGTH
+from .localfeatures import Shortlist, verify
+from .search import EXACT, NEAR_IDENTICAL, REFRAMED, SIMILAR, STRENGTH
 from .store import Index, IndexedPhoto
 
 BLOCK_BYTES = 64 * 1024 * 1024  # scores held at once: the memory bound of `dupes` and `stats`
@@ -90,6 +91,8 @@ def find_duplicates(index: Index, model: str, threshold: float,
                 edges.append((i, j, strength, float(cos[j])))
         if progress:
             progress(min(start + rows, n), n)
+    if index.local is not None:
+        edges += _reframed_edges(index, model, edges, progress)
     for i, j, _, _ in edges:
         parent[find(i)] = find(j)
     groups: dict[int, DuplicateGroup] = {}
@@ -108,6 +111,32 @@ def find_duplicates(index: Index, model: str, threshold: float,
     for group in result:
         group.photos = [index.photos[r] for r in group.rows]
     return result
+
+
+def _reframed_edges(index: Index, model: str, known: list[tuple[int, int, int, float]],
+                    progress: ProgressHook | None) -> list[tuple[int, int, int, float]]:
+    """Pairs of archive photos that are one exposure re-framed: each photo's descriptors
+    vote for the others, and the best few are verified geometrically."""
+    local = index.local
+    assert local is not None
+    shortlist = Shortlist.open(local.all_descriptors, local.meta, local.shortlist_bytes())
+    joined = {(i, j) for i, j, _, _ in known}
+    matrix = index.embeddings(model)
+    found: list[tuple[int, int, int, float]] = []
+    n = len(index)
+    for i in range(n):
+        features = local.features(i)
+        for j in shortlist.votes(features, limit=4, exclude=i):
+            pair = (min(i, j), max(i, j))
+            if pair in joined:
+                continue
+            joined.add(pair)
+            if verify(features, local.features(j)).reframed:
+                cos = float(np.dot(matrix[pair[0]], matrix[pair[1]]))
+                found.append((pair[0], pair[1], STRENGTH[REFRAMED], cos))
+        if progress and (i % 64 == 63 or i == n - 1):
+            progress(i + 1, n)
+    return found
 
 
 # -- similarity distribution -------------------------------------------------------------------

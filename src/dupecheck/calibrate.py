@@ -21,7 +21,10 @@ from PIL import Image, ImageEnhance, ImageFilter
 from .archive import Archive
 from .engines import Engine, ModelSpec, embed_images
 from .errors import ArchiveError, DupecheckError, IndexUnusable
+from .evidence import pdq_hash, sha256_bytes
 from .imaging import centre_crop_to_aspect, crop_variants, decode
+from .localfeatures import extract
+from .search import Candidate, Searcher
 from .store import Index
 
 DEFAULT_PRECISION = 0.99
@@ -181,6 +184,10 @@ class Calibration:
     recommended: float | None = None
     margin: float | None = None  # recommended threshold minus the highest negative below it
     skipped: list[str] = field(default_factory=list)
+    threshold: float = 1.0  # the threshold in force, for `caught`
+    # edit -> evidence -> copies: which evidence found the copy's own source, as `check`
+    # would at the threshold in force ("missed" when none did)
+    caught: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def document(self) -> dict[str, object]:
         return {
@@ -189,6 +196,8 @@ class Calibration:
             "edits": {k: float(np.mean(v)) for k, v in self.by_edit.items() if v},
             "table": [vars(r) for r in self.table],
             "skipped": self.skipped,
+            "threshold_in_force": self.threshold,
+            "caught": self.caught,
         }
 
 
@@ -204,10 +213,26 @@ def precision_recall(positives: np.ndarray, negatives: np.ndarray,
     return rows
 
 
+def _caught_by(searcher: Searcher, copy: Image.Image, variants: list[tuple[str, Image.Image]],
+               vectors: np.ndarray, source_sha256: str, threshold: float) -> str:
+    """The evidence `check` gives the copy's own source, or "missed"."""
+    hashes = np.stack([pdq_hash(img) for _, img in variants])
+    candidate = Candidate("edited copy", sha256_bytes(copy.tobytes()), [v for v, _ in variants],
+                          hashes, np.zeros((len(variants), 0), np.float32),
+                          extract(copy) if searcher.local else None)
+    result = searcher.search(candidate, vectors, threshold, top_k=5)
+    for match in result.matches:
+        if match.photo.sha256 == source_sha256 and match.evidence:
+            return match.evidence
+    return "missed"
+
+
 def calibrate(index: Index, spec: ModelSpec, engine: Engine, *, sample: int = DEFAULT_SAMPLE,
               precision: float = DEFAULT_PRECISION, seed: int = 0,
+              threshold: float | None = None,
               progress: Callable[[int, int], None] | None = None) -> Calibration:
-    """Positives, negatives and the recommended threshold for one model."""
+    """Positives, negatives and the recommended threshold for one model; and, per edit,
+    which evidence caught the copies at the threshold in force."""
     if len(index) < 2:
         raise IndexUnusable("calibration needs an index of at least two photos", index.root)
     archives = [Path(a) for a in index.archives]
@@ -219,7 +244,10 @@ def calibrate(index: Index, spec: ModelSpec, engine: Engine, *, sample: int = DE
     rng = random.Random(seed)
     matrix = np.asarray(index.embeddings(spec.name))
     rows = rng.sample(range(len(index)), min(sample, len(index)))
-    result = Calibration(spec.name, precision, 0, by_edit={k: [] for k in EDITS})
+    result = Calibration(spec.name, precision, 0, by_edit={k: [] for k in EDITS},
+                         threshold=threshold if threshold is not None
+                         else spec.default_threshold, caught={k: {} for k in EDITS})
+    searcher = Searcher(index, spec.name)
     with archive:
         for done, row in enumerate(rows, 1):
             photo = index.photos[row]
@@ -231,13 +259,18 @@ def calibrate(index: Index, spec: ModelSpec, engine: Engine, *, sample: int = DE
             result.sampled += 1
             same = np.array([p.sha256 == photo.sha256 for p in index.photos])
             for name, edit in EDITS.items():
-                variants = crop_variants(_repost(source, edit, rng))
+                copy = _repost(source, edit, rng)
+                variants = crop_variants(copy)
                 vectors = embed_images(engine, np.stack([spec.to_input(v) for _, v in variants]),
                                        batch_size=spec.batch_size)
                 best = (matrix @ vectors.T).max(axis=1)
                 result.positives.append(float(best[row]))
                 result.by_edit[name].append(float(best[row]))
                 result.negatives.append(float(best[~same].max()))
+                evidence = _caught_by(searcher, copy, variants, vectors, photo.sha256,
+                                      result.threshold)
+                tally = result.caught[name]
+                tally[evidence] = tally.get(evidence, 0) + 1
             if progress:
                 progress(done, len(rows))
     pos, neg = np.array(result.positives), np.array(result.negatives)

@@ -34,9 +34,10 @@ RANSAC_PIXELS = 4.0  # reprojection error, in pixels of the 512-px frames
 MAX_ROTATION_DEG = 15.0  # straightening is a few degrees; more is another photo
 MIN_SCALE, MAX_SCALE = 0.2, 5.0  # the candidate's 512 px against the archive photo's
 # The rule for `re-framed`; see README "How the thresholds were chosen" for the figures.
-MIN_INLIERS = 16  # distinct keypoint positions that agree on the transform
+MIN_INLIERS = 14  # distinct keypoint positions that agree on the transform
 MIN_INLIER_FRACTION = 0.25  # of the ratio-test matches that fall in the overlap
 MIN_SPREAD = 0.15  # inliers span at least this fraction of the overlap's width and height
+STRONG_INLIERS = 40  # this many need no spread: a subject in one spot is still the same pixels
 MIN_OVERLAP = 0.15  # the overlap covers at least this fraction of the smaller frame
 
 SHORTLIST_VOTES = 8  # photos verified from the descriptor votes
@@ -234,7 +235,7 @@ def verify(candidate: LocalFeatures, archive: LocalFeatures) -> Verification:
     good = dst[inlier_mask]
     spread_x = (np.percentile(good[:, 0], 95) - np.percentile(good[:, 0], 5)) / overlap_w
     spread_y = (np.percentile(good[:, 1], 95) - np.percentile(good[:, 1], 5)) / overlap_h
-    if min(spread_x, spread_y) < MIN_SPREAD:
+    if inliers < STRONG_INLIERS and min(spread_x, spread_y) < MIN_SPREAD:
         return verdict(False, "the agreeing features cluster in one spot")
     return verdict(True)
 

@@ -233,7 +233,8 @@ def render_dupes(console: Console, model: str, threshold: float,
         console.print(table)
         console.print()
     similar = "off" if threshold >= 1.0 else f"cosine >= {threshold:g}"
-    console.print(f"[dim]model {model}; similar: {similar}; near-identical: PDQ <= 31[/dim]")
+    console.print(f"[dim]model {model}; similar: {similar}; near-identical: PDQ <= 31; "
+                  f"re-framed: local features verified geometrically[/dim]")
 
 
 # -- stats ---------------------------------------------------------------------------
@@ -325,3 +326,12 @@ def render_calibration(console: Console, results: list[Calibration]) -> None:
         edits.add_row(name, *[f"{float(np.mean(r.by_edit[name])):.3f}" if r.by_edit[name]
                               else "-" for r in results])
     console.print(edits)
+    for r in results:
+        caught = Table("edit", EXACT, NEAR_IDENTICAL, REFRAMED, SIMILAR, "missed",
+                       title=f"{r.model}: which evidence found each edited copy's source "
+                       f"(similar at {r.threshold:g})", box=None, header_style="dim",
+                       title_justify="left")
+        for name, tally in r.caught.items():
+            caught.add_row(name, *[str(tally.get(k, 0)) for k in
+                                   (EXACT, NEAR_IDENTICAL, REFRAMED, SIMILAR, "missed")])
+        console.print(caught)

@@ -64,10 +64,25 @@ def _thumbnails(index: Index, results: list[CheckResult]
                     if archive is None:
                         raise DupecheckError("archive not found")
                     data = archive.read(m.photo.path)
-                    tiles.append(_thumbnail(decode(data, m.photo.path, draft=THUMB * 2).image))
+                    tile = _thumbnail(decode(data, m.photo.path, draft=THUMB * 2).image)
+                    tiles.append(_draw_box(tile, m.transform.box) if m.transform else tile)
                 except DupecheckError:
                     tiles.append(_placeholder("archive\nnot found"))
             yield result, cand, tiles
+
+
+BOX_COLOUR = (255, 196, 0)
+
+
+def _draw_box(tile: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """Where a re-framed candidate sits in the archive photo, outlined on its thumbnail."""
+    w, h = tile.size
+    x0, y0, x1, y1 = box
+    outlined = tile.convert("RGB").copy()
+    ImageDraw.Draw(outlined).rectangle(
+        (round(x0 * (w - 1)), round(y0 * (h - 1)), round(x1 * (w - 1)), round(y1 * (h - 1))),
+        outline=BOX_COLOUR, width=3)
+    return outlined
 
 
 def _data_uri(img: Image.Image) -> str:
@@ -81,7 +96,7 @@ body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
 section{background:#fff;border:1px solid #ddd;border-radius:8px;padding:16px;margin:0 0 20px}
 h2{font-size:16px;margin:0 0 12px;word-break:break-all}
 .verdict{padding:2px 8px;border-radius:4px;color:#fff}
-.exact,.near-identical{background:#c62828}.similar{background:#ef8f00}.new{background:#2e7d32}
+.exact,.near-identical,.re-framed{background:#c62828}.similar{background:#ef8f00}.new{background:#2e7d32}
 .row{display:flex;gap:14px;flex-wrap:wrap;align-items:flex-start}
 figure{margin:0;width:220px}figure img{max-width:220px;max-height:220px;display:block}
 figcaption{font-size:12px;line-height:1.4;word-break:break-word}
@@ -112,7 +127,9 @@ def write_html(path: Path, index: Index, model: str, threshold: float,
             parts.append(
                 f"<figure class='match'><img alt='match {m.rank}' src='{_data_uri(tile)}'>"
                 f"<figcaption>#{m.rank} <b>{e(m.evidence or 'no match')}</b>"
-                f"{f' ({e(m.variant)})' if m.evidence else ''}<br>"
+                f"{f' ({e(m.variant)})' if m.evidence and not m.transform else ''}"
+                f"{f' ({m.inliers} inliers; box: where the photo sits)' if m.transform else ''}"
+                f"<br>"
                 f"score {m.score:.3f}, PDQ {m.pdq_distance}<br>"
                 f"{e(kind)} {e((m.photo.taken_at or '')[:10])}<br>"
                 f"<span class='caption'>{caption}</span><br>"

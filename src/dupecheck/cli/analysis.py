@@ -119,8 +119,11 @@ def calibrate(
             path = _weights_for(index, spec, weights if model else None)
             runner = load_engine(spec, path, engine, index.models[name].weights_sha256)
             task = bar.add_task(f"{name}", total=min(sample, len(index)))
+            in_force = effective_threshold(None, index.models[name].threshold,
+                                           spec.default_threshold)
             results.append(run_calibration(
                 index, spec, runner, sample=sample, precision=precision, seed=seed,
+                threshold=in_force,
                 progress=lambda done, total, t=task: bar.update(t, completed=done)))
     saved = {}
     if save:

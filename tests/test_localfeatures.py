@@ -1,0 +1,258 @@
+"""localfeatures.py: RootSIFT extraction, geometric verification, the FAISS shortlist;
+and `re-framed` end to end on re-edits of real photos."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+import tiny_engine
+from dupecheck import localfeatures as lf
+from dupecheck.engines import load_engine
+from dupecheck.imaging import decode
+from dupecheck.indexer import build_index
+from dupecheck.search import REFRAMED, check_photos
+from dupecheck.store import open_index
+from helpers import (
+    instagramify,
+    jpeg_bytes,
+    reedit_cases,
+    reedit_split,
+    synthetic_photo,
+)
+
+
+def load(data: bytes) -> Image.Image:
+    return decode(data, "photo.jpg").image
+
+
+@pytest.fixture(scope="module")
+def real_photo() -> Image.Image:
+    from helpers import PHOTOS
+
+    path = PHOTOS / "jpg__Canon_EOS_30D_(4).jpg"
+    if not path.is_file():
+        pytest.skip("../shared/data/photos is not beside the checkout")
+    return load(path.read_bytes())
+
+
+def test_extraction_keeps_the_strongest_features_as_bytes(real_photo):
+    f = lf.extract(real_photo)
+    assert 0 < len(f) <= lf.LOCAL_FEATURES
+    assert f.descriptors.dtype == np.uint8 and f.descriptors.shape == (len(f), 128)
+    assert max(f.size) == lf.LOCAL_MAX_SIDE
+    assert (f.points >= 0).all() and (f.points[:, 0] < f.size[0]).all()
+    unit = lf.as_unit_vectors(f.descriptors)
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
+
+
+def test_a_known_crop_and_turn_is_found_with_its_box_and_rotation(real_photo):
+    w, h = real_photo.size
+    crop = (int(w * 0.30), int(h * 0.10), int(w * 0.90), int(h * 0.80))
+    cropped = real_photo.crop(crop)
+    v = lf.verify(lf.extract(cropped), lf.extract(real_photo))
+    assert v.reframed, v.reason
+    assert v.inliers >= 3 * lf.MIN_INLIERS
+    expected = (0.30, 0.10, 0.90, 0.80)
+    assert np.allclose(v.transform.box, expected, atol=0.02)
+    assert abs(v.transform.rotation_deg) < 0.5
+    # Straightened by 4 degrees: the rotation is measured.
+    turned = real_photo.rotate(4.0, Image.Resampling.BICUBIC).crop(crop)
+    v = lf.verify(lf.extract(turned), lf.extract(real_photo))
+    assert v.reframed, v.reason
+    assert abs(v.transform.rotation_deg - 4.0) < 0.5
+
+
+def test_photos_with_almost_no_features_get_no_evidence_and_no_error():
+    flat = Image.new("RGB", (800, 600), (120, 160, 220))
+    black = Image.new("RGB", (800, 600), (0, 0, 0))
+    tiny = Image.new("RGB", (10, 8), (255, 255, 255))
+    for a in (flat, black, tiny):
+        assert len(lf.extract(a)) == 0
+        for b in (flat, black, tiny):
+            v = lf.verify(lf.extract(a), lf.extract(b))
+            assert not v.reframed and v.inliers == 0
+
+
+def _text(seed: int) -> Image.Image:
+    rng = random.Random(seed)
+    img = Image.new("RGB", (800, 600), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=28)
+    words = "the quick brown fox jumps over a lazy dog posted photo again summer".split()
+    for y in range(20, 580, 40):
+        draw.text((20, y), " ".join(rng.choice(words) for _ in range(6)), fill="black",
+                  font=font)
+    return img
+
+
+def _bricks(seed: int) -> Image.Image:
+    rng = random.Random(seed)
+    img = Image.new("RGB", (800, 600), (150, 60, 40))
+    draw = ImageDraw.Draw(img)
+    for r in range(0, 600, 30):
+        off = 0 if (r // 30) % 2 else 30
+        for c in range(-60, 800, 60):
+            draw.rectangle((c + off, r, c + off + 56, r + 26), outline=(220, 220, 210), width=3,
+                           fill=(150 + rng.randint(-20, 20), 60, 40))
+    return img
+
+
+def _tiles(seed: int) -> Image.Image:
+    tile = np.random.default_rng(seed).integers(0, 256, (40, 40, 3)).astype(np.uint8)
+    return Image.fromarray(np.tile(tile, (15, 20, 1)))
+
+
+def _blocky(seed: int) -> Image.Image:
+    return load(jpeg_bytes(synthetic_photo(seed, (320, 240)), quality=8))
+
+
+@pytest.mark.parametrize("make", [_text, _bricks, _tiles, _blocky],
+                         ids=["text", "repeated-bricks", "tiles", "jpeg-block-grid"])
+def test_what_fools_local_features_is_never_re_framed(make):
+    """Different pictures that share structure: text in one font, a wall of bricks,
+    a repeated tile, small JPEGs whose 8x8 block grid dominates."""
+    feats = [lf.extract(make(seed)) for seed in range(5)]
+    for i, a in enumerate(feats):
+        for j, b in enumerate(feats):
+            if i != j:
+                assert not lf.verify(a, b).reframed, (make.__name__, i, j)
+
+
+def test_different_real_photos_are_never_re_framed(shared_photos):
+    """Every pair of 24 real photos (some are other shots of one scene): no false match."""
+    paths = sorted(shared_photos.iterdir())[:48:2]
+    feats = [lf.extract(decode(p.read_bytes(), p.name, draft=1024).image) for p in paths]
+    worst = 0
+    for i, a in enumerate(feats):
+        for j, b in enumerate(feats):
+            if i != j:
+                v = lf.verify(a, b)
+                assert not v.reframed, (paths[i].name, paths[j].name)
+                worst = max(worst, v.inliers)
+    assert worst < lf.MIN_INLIERS // 2
+
+
+def test_pack_and_unpack_round_trip(real_photo):
+    feats = [lf.extract(real_photo), lf.empty_features(), lf.extract(real_photo.crop((0, 0, 300,
+                                                                                      200)))]
+    desc, points, meta = lf.pack(feats)
+    assert desc.shape == (3, lf.LOCAL_FEATURES, 128) and meta[1, 0] == 0
+    for row, f in enumerate(feats):
+        back = lf.unpack(desc, points, meta, row)
+        assert np.array_equal(back.descriptors, f.descriptors)
+        assert np.allclose(back.points, f.points, atol=0.25)  # float16 at <= 512 px
+        assert back.size == f.size or len(f) == 0
+
+
+def test_shortlist_votes_for_the_photo_that_shares_descriptors():
+    rng = np.random.default_rng(0)
+    feats = []
+    for _ in range(30):
+        d = rng.integers(0, 60, (lf.LOCAL_FEATURES, 128)).astype(np.uint8)
+        feats.append(lf.LocalFeatures(np.zeros((len(d), 2), np.float32), d, (512, 512)))
+    desc, _points, meta = lf.pack(feats)
+    shortlist = lf.Shortlist.open(lambda: desc, meta, None)
+    query = lf.LocalFeatures(np.zeros((100, 2), np.float32), feats[17].descriptors[:100],
+                             (512, 512))
+    assert shortlist.votes(query)[0] == 17
+    assert 17 not in shortlist.votes(query, exclude=17)
+
+
+def test_a_large_index_stores_an_ivf_pq_shortlist_that_finds_the_same(monkeypatch):
+    rng = np.random.default_rng(1)
+    feats = [lf.LocalFeatures(np.zeros((lf.LOCAL_FEATURES, 2), np.float32),
+                              rng.integers(0, 60, (lf.LOCAL_FEATURES, 128)).astype(np.uint8),
+                              (512, 512)) for _ in range(80)]
+    desc, _points, meta = lf.pack(feats)
+    assert lf.build_shortlist(desc, meta) is None  # small: exact, built on open
+    monkeypatch.setattr(lf, "FLAT_MAX_DESCRIPTORS", 1000)
+    stored = lf.build_shortlist(desc, meta)
+    assert stored is not None and stored.dtype == np.uint8
+    assert stored.nbytes < desc.nbytes / 2  # PQ codes and ids: smaller than the descriptors
+    shortlist = lf.Shortlist.open(lambda: pytest.fail("descriptors read"), meta, stored)
+    for row in (3, 41, 77):
+        query = lf.LocalFeatures(np.zeros((64, 2), np.float32), feats[row].descriptors[:64],
+                                 (512, 512))
+        assert shortlist.votes(query)[0] == row
+
+
+# -- end to end on re-edits of real photos ------------------------------------------------
+
+
+def _reframed_run(shared_photos, tmp_path, part: str):
+    posted, never, seed = reedit_split(list(shared_photos.iterdir()), part)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for i, path in enumerate(posted):
+        (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
+    weights = tiny_engine.write_weights(tmp_path / "tiny.npy")
+    build_index([folder], tmp_path / "idx", tiny_engine.TINY, weights)
+    index = open_index(tmp_path / "idx")
+    assert index.local is not None
+    cases = reedit_cases(posted, never, seed)
+    paths = []
+    for n, (_, _name, data) in enumerate(cases):
+        paths.append(tmp_path / f"case-{n:03d}.jpg")
+        paths[-1].write_bytes(data)
+    engine = load_engine(tiny_engine.TINY, weights)
+    results = check_photos(paths, index, tiny_engine.TINY, engine, threshold=1.0, top_k=3)
+    found = missed = false = 0
+    for (own, _name, _), result in zip(cases, results, strict=True):
+        if own is None:
+            false += result.verdict != "new"
+        elif (result.verdict == REFRAMED or result.verdict == "near-identical") and \
+                result.matches[0].photo.path.endswith(f"{own:03d}.jpg"):
+            found += 1
+        else:
+            missed += 1
+    return found, missed, false, len(never)
+
+
+def test_re_edits_of_the_held_back_photos_are_found_and_never_posted_ones_are_not(
+        shared_photos, tmp_path):
+    """The issue's target on the part never tuned on: >= 97% of 200 re-edits (off-centre
+    crops, straightening, grades, black and white, combinations) found at rank 1 with the
+    embedding off, and not one never-posted photo flagged."""
+    found, missed, false, never = _reframed_run(shared_photos, tmp_path, "held-back")
+    assert found + missed == 200 and never > 40
+    assert found / 200 >= 0.97, f"{found} of 200"
+    assert false == 0
+
+
+def test_edges_of_the_shortlist_and_the_rule_on_an_old_archive(shared_photos, tmp_path):
+    """Re-framed is stronger than similar, weaker than near-identical: ranking puts it
+    between them; an index without local features still checks, without it."""
+    from dupecheck.store import write_index
+
+    posted = sorted(shared_photos.iterdir())[:3]
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for i, path in enumerate(posted):
+        (folder / f"{i}.jpg").write_bytes(instagramify(path.read_bytes()))
+    weights = tiny_engine.write_weights(tmp_path / "tiny.npy")
+    build_index([folder], tmp_path / "idx", tiny_engine.TINY, weights)
+    index = open_index(tmp_path / "idx")
+    original = load(posted[1].read_bytes())
+    w, h = original.size
+    candidate = tmp_path / "recrop.jpg"
+    buf = io.BytesIO()
+    original.crop((int(w * .35), int(h * .3), int(w * .95), int(h * .9))).save(buf, "JPEG")
+    candidate.write_bytes(buf.getvalue())
+    engine = load_engine(tiny_engine.TINY, weights)
+    [result] = check_photos([candidate], index, tiny_engine.TINY, engine, 1.0, top_k=3)
+    assert result.verdict == REFRAMED
+    top = result.matches[0]
+    assert top.photo.path == "1.jpg" and top.evidence == REFRAMED and top.inliers >= 16
+    assert all(m.evidence is None for m in result.matches[1:])
+    # The same index written without local features: no re-framed, no error.
+    write_index(tmp_path / "old", index.photos, index.pdq,
+                {n: (e, np.asarray(index.embeddings(n))) for n, e in index.models.items()}, [])
+    old = open_index(tmp_path / "old")
+    assert old.local is None
+    [result] = check_photos([candidate], old, tiny_engine.TINY, engine, 1.0, top_k=3)
+    assert result.verdict == "new" and all(m.inliers is None for m in result.matches)
