@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -111,7 +112,7 @@ class Index:
         path = self.root / self.generation / name
         _check_npy(path, np.dtype("<f4"), (len(self.photos), entry.dim))
         _check_hash(path, self.file_sha256.get(name))
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return _load_npy(path, mmap=True)
 
 
 @dataclass
@@ -149,8 +150,8 @@ class LocalStore:
         desc_path, points_path = gen_dir / LOCAL_DESCRIPTORS_FILE, gen_dir / LOCAL_POINTS_FILE
         _check_npy(desc_path, np.dtype("u1"), (count, LOCAL_FEATURES, DESCRIPTOR_DIM))
         _check_npy(points_path, np.dtype("<f2"), (count, LOCAL_FEATURES, 2))
-        self._descriptors = np.load(desc_path, mmap_mode="r", allow_pickle=False)
-        self._points = np.load(points_path, mmap_mode="r", allow_pickle=False)
+        self._descriptors = _load_npy(desc_path, mmap=True)
+        self._points = _load_npy(points_path, mmap=True)
         self._verified: set[int] = set()
         self._shortlist_sha = files.get(LOCAL_SHORTLIST_FILE)
         if (self.meta[:, 0] > LOCAL_FEATURES).any():
@@ -191,7 +192,7 @@ class LocalStore:
             return None
         path = self._dir / LOCAL_SHORTLIST_FILE
         _check_hash(path, self._shortlist_sha)
-        data = np.load(path, allow_pickle=False)
+        data = _load_npy(path)
         if data.dtype != np.uint8 or data.ndim != 1:
             raise IndexUnusable("not a serialised shortlist", path)
         return data
@@ -201,7 +202,7 @@ def _load_verified(path: Path, dtype: np.dtype, shape: tuple[int, ...],
                    files: dict[str, str]) -> np.ndarray:
     _check_npy(path, dtype, shape)
     _check_hash(path, files.get(path.name))
-    return np.load(path, allow_pickle=False)
+    return _load_npy(path)
 
 
 def index_exists(root: Path) -> bool:
@@ -273,7 +274,7 @@ def _open_generation(root: Path) -> Index:
     pdq_path = gen_dir / PDQ_FILE
     _check_npy(pdq_path, np.dtype("u1"), (count, PDQ_BYTES))
     _check_hash(pdq_path, files.get(PDQ_FILE))
-    pdq = np.load(pdq_path, allow_pickle=False)
+    pdq = _load_npy(pdq_path)
     local = None
     local_info = manifest.get("local")
     if isinstance(local_info, dict) and local_info.get("version") == LOCAL_VERSION:
@@ -281,10 +282,21 @@ def _open_generation(root: Path) -> Index:
     return Index(root, generation, photos, pdq, models, archives, created_at, files, local)
 
 
+# numpy parses .npy headers with ast.literal_eval, whose recursion counter CPython 3.11
+# shares between threads ("AST constructor recursion depth mismatch" when a reader and a
+# writer parse at once): one header at a time.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    with _NPY_HEADER_LOCK:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
 def _check_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
     """Header and size of a .npy, checked before numpy maps it."""
     try:
-        with open(path, "rb") as fh:
+        with _NPY_HEADER_LOCK, open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
             if version == (1, 0):
                 found_shape, fortran, found_dtype = np.lib.format.read_array_header_1_0(fh)

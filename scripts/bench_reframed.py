@@ -1,0 +1,221 @@
+"""Benchmark of the `re-framed` evidence, side by side in one run; prints tables, writes JSON.
+
+    python scripts/bench_reframed.py [--photos ../shared/data/photos] [--runs 5]
+                                     [--out bench-reframed.json]
+
+1. Quality on re-edits of real photos (off-centre crops keeping 55-85% of each side,
+   2-5 degree straightening, grades, black and white, combinations), embedding off
+   (--threshold 1.0): found at rank 1 with the right archive photo, and never-posted
+   photos flagged, with local features and without (PDQ alone), for each part of the set
+   (tests/helpers.py: reedit_split; the rule was set on the two tuning parts only).
+2. Cost of `index` end to end (ResNet-50, ONNX, random weights) with and without local
+   features, interleaved repeats, medians; disk per photo.
+3. Cold `check` of one photo, fresh process, 10,000-photo index with and without local
+   features; the shortlist's size, and what it would be at 100,000 photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench import machine, random_weights, run_measured, synthetic_index, table  # noqa: E402
+
+import tiny_engine  # noqa: E402  (weight-free evidence: the embedding is off in section 1)
+from dupecheck import localfeatures as lf  # noqa: E402
+from dupecheck.engines import MODELS, load_engine  # noqa: E402
+from dupecheck.imaging import decode  # noqa: E402
+from dupecheck.indexer import build_index  # noqa: E402
+from dupecheck.search import check_photos  # noqa: E402
+from dupecheck.store import LocalArrays, open_index, write_index  # noqa: E402
+from helpers import instagramify, reedit_cases, reedit_split  # noqa: E402
+
+
+def quality(photos_dir: Path, work: Path) -> list[dict[str, object]]:
+    rows = []
+    weights = tiny_engine.write_weights(work / "tiny.npy")
+    engine = load_engine(tiny_engine.TINY, weights)
+    for part in ("tuning", "tuning-2", "held-back"):
+        posted, never, seed = reedit_split(list(photos_dir.iterdir()), part)
+        folder = work / f"export-{part}"
+        folder.mkdir()
+        for i, path in enumerate(posted):
+            (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
+        cases = reedit_cases(posted, never, seed)
+        paths = []
+        for n, (_, _, data) in enumerate(cases):
+            paths.append(work / f"{part}-case-{n:03d}.jpg")
+            paths[-1].write_bytes(data)
+        row: dict[str, object] = {"part": part, "posted": len(posted), "re_edits":
+                                  sum(1 for c in cases if c[0] is not None),
+                                  "never_posted": sum(1 for c in cases if c[0] is None)}
+        for local in (False, True):
+            idx = work / f"idx-{part}-{local}"
+            build_index([folder], idx, tiny_engine.TINY, weights, local_features=local)
+            results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine, 1.0, 1)
+            found = flagged = 0
+            by_edit: dict[str, list[int]] = {}
+            inliers = []
+            for (own, name, _), res in zip(cases, results, strict=True):
+                if own is None:
+                    flagged += res.verdict != "new"
+                    continue
+                hit = (res.verdict != "new"
+                       and res.matches[0].photo.path.endswith(f"{own:03d}.jpg"))
+                found += hit
+                by_edit.setdefault(name, []).append(int(hit))
+                if res.matches and res.matches[0].inliers:
+                    inliers.append(res.matches[0].inliers)
+            key = "with_local" if local else "pdq_alone"
+            row[key] = {"found": found, "flagged": flagged,
+                        "by_edit": {k: f"{sum(v)}/{len(v)}" for k, v in by_edit.items()}}
+            if local:
+                row["median_inliers_of_found"] = statistics.median(inliers) if inliers else 0
+        rows.append(row)
+    table("1. re-edits found at rank 1 (embedding off), never-posted photos flagged",
+          ["part", "re-edits", "PDQ alone", "with re-framed", "never posted", "flagged"],
+          [[r["part"], r["re_edits"], r["pdq_alone"]["found"], r["with_local"]["found"],
+            r["never_posted"], r["with_local"]["flagged"]] for r in rows])
+    print("   per edit (held-back, with re-framed):", rows[-1]["with_local"]["by_edit"])
+    return rows
+
+
+def index_cost(photos_dir: Path, work: Path, repeat: int) -> dict[str, object]:
+    spec = MODELS["resnet50"]
+    weights = work / "resnet50-random.pth"
+    if not weights.exists():
+        random_weights("resnet50", work)
+    load_engine(spec, weights, "onnx")
+    times: dict[bool, list[float]] = {False: [], True: []}
+    n = 0
+    for k in range(repeat):
+        for local in (False, True):
+            idx = work / f"cost-{local}-{k}"
+            start = time.perf_counter()
+            summary = build_index([photos_dir], idx, spec, weights, engine="onnx",
+                                  local_features=local)
+            times[local].append(time.perf_counter() - start)
+            n = summary.photos
+    index = open_index(work / f"cost-True-{repeat - 1}")
+    gen = index.root / index.generation
+    local_bytes = sum((gen / name).stat().st_size for name in index.file_sha256
+                      if name.startswith("local-"))
+    without, with_ = statistics.median(times[False]), statistics.median(times[True])
+    result = {"photos": n, "without_s": without, "with_s": with_, "slower": with_ / without - 1,
+              "local_bytes_per_photo": local_bytes / n}
+    table(f"2. `index` end to end, {n} photos, resnet50 onnx (median of {repeat}, "
+          "model load included)",
+          ["local features", "seconds", "img/s"],
+          [["off", f"{without:.1f}", f"{n / without:.1f}"],
+           ["on", f"{with_:.1f}", f"{n / with_:.1f}"]])
+    print(f"   on/off: {with_ / without:.2f}x ({result['slower']:+.0%}); local features on "
+          f"disk: {local_bytes / n / 1024:.1f} KB per photo")
+    return result
+
+
+def check_cost(photos_dir: Path, work: Path, runs: int, rows: int = 10_000
+               ) -> dict[str, object]:
+    spec = MODELS["resnet50"]
+    weights = work / "resnet50-random.pth"
+    plain, local_idx = work / "check-plain", work / "check-local"
+    synthetic_index(plain, spec, weights, rows)
+    base = open_index(plain)
+    # Real photos' features, each row a different photo's with its rows shuffled.
+    real = [lf.extract(decode(p.read_bytes(), p.name, draft=512).image)
+            for p in sorted(photos_dir.iterdir())]
+    rng = np.random.default_rng(0)
+    feats = []
+    for i in range(rows):
+        f = real[i % len(real)]
+        order = rng.permutation(len(f))
+        noise = rng.integers(0, 3, f.descriptors.shape).astype(np.uint8)
+        feats.append(lf.LocalFeatures(f.points[order], np.minimum(
+            f.descriptors[order].astype(np.int16) + noise, 255).astype(np.uint8), f.size))
+    desc, points, meta = lf.pack(feats)
+    start = time.perf_counter()
+    shortlist = lf.build_shortlist(desc, meta)
+    build_s = time.perf_counter() - start
+    write_index(local_idx, base.photos, base.pdq,
+                {n: (e, np.asarray(base.embeddings(n))) for n, e in base.models.items()},
+                base.archives, LocalArrays(desc, points, meta, shortlist))
+    photo = next(p for p in sorted(photos_dir.iterdir()) if p.suffix.lower() == ".jpg")
+    medians = {}
+    rss = {}
+    for _name, idx in (("without", plain), ("with", local_idx)):
+        env = {**os.environ, "DUPECHECK_INDEX": str(idx), "PYTHONPATH": str(REPO / "src")}
+        cmd = ["check", str(photo), "--quiet", "--engine", "onnx", "--threshold", "1.0"]
+        run_measured(cmd, env)
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    peaks: dict[str, list[int]] = {"without": [], "with": []}
+    for _ in range(runs):  # interleaved: this machine's speed drifts between minutes
+        for name, idx in (("without", plain), ("with", local_idx)):
+            env = {**os.environ, "DUPECHECK_INDEX": str(idx), "PYTHONPATH": str(REPO / "src")}
+            wall, code, peak = run_measured(["check", str(photo), "--quiet", "--engine",
+                                             "onnx", "--threshold", "1.0"], env)
+            assert code in (0, 1), code
+            times[name].append(wall)
+            peaks[name].append(peak)
+    for name in times:
+        medians[name] = statistics.median(times[name])
+        rss[name] = max(peaks[name])
+    per_photo = (shortlist.nbytes if shortlist is not None else 0) / rows
+    result = {"rows": rows, "without_s": medians["without"], "with_s": medians["with"],
+              "slower_ms": 1000 * (medians["with"] - medians["without"]),
+              "peak_rss_mb": rss, "shortlist_bytes": int(shortlist.nbytes),
+              "shortlist_build_s": build_s,
+              "shortlist_at_100k_mb_estimate": per_photo * 100_000 / 2**20}
+    table(f"3. cold `check` of one JPEG, fresh process, {rows:,}-photo index ({runs} runs, "
+          "interleaved)", ["local features", "median s", "peak RSS MB"],
+          [["without", f"{medians['without']:.2f}", rss["without"]],
+           ["with", f"{medians['with']:.2f}", rss["with"]]])
+    print(f"   with - without: {result['slower_ms']:+.0f} ms; shortlist (IVF-PQ) "
+          f"{shortlist.nbytes / 2**20:.0f} MB, built in {build_s:.1f} s; at 100,000 photos "
+          f"~{result['shortlist_at_100k_mb_estimate']:.0f} MB (linear in photos)")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/photos")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-reframed.json")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma list of: quality,index,check")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(tempfile.mkdtemp(prefix="dupecheck-bench-reframed-"))
+    os.environ.setdefault("XDG_CACHE_HOME", str(work / "cache"))
+    doc: dict[str, object] = {"machine": machine()}
+    print("machine:", json.dumps(doc["machine"]))
+    try:
+        if "quality" not in skip:
+            doc["quality"] = quality(args.photos, work)
+        if "index" not in skip:
+            doc["index"] = index_cost(args.photos, work, args.repeat)
+        if "check" not in skip:
+            if not (work / "resnet50-random.pth").exists():
+                random_weights("resnet50", work)
+            doc["check"] = check_cost(args.photos, work, args.runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.write_text(json.dumps(doc, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
