@@ -63,6 +63,30 @@ def resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    import torchvision
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("weights") / "resnet50-other.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def other_mobileclip_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = open_clip.create_model("MobileCLIP-S2", pretrained=None)
+    path = tmp_path_factory.mktemp("weights") / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def mobileclip_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real MobileCLIP-S2 (image and text towers), random weights, as a safetensors file."""
     import open_clip

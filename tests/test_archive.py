@@ -309,7 +309,8 @@ def test_arbitrary_json_never_raises(tmp_path_factory, posts, stories, media_jso
     with Archive([root]) as archive:
         scan = archive.scan()
     assert all(p.path in archive.files for p in scan.photos)
-    assert isinstance(scan.problems, list)
+    # Every problem names a file and says why, in one line.
+    assert all(p.path and p.reason and "\n" not in p.reason for p in scan.problems)
 
 
 def test_folder_symlinks_are_not_followed(tmp_path, photo_bytes):
@@ -328,6 +329,31 @@ def test_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
     with Archive([zpath]) as archive:
         with pytest.raises(ArchiveError, match="over the 1000-byte limit"):
             archive.read("media/other/a.jpg", limit=1000)
+
+
+def test_a_member_whose_header_lies_about_its_size_is_still_capped(tmp_path):
+    """The declared size says 100 bytes; the data inflates to 5 MB. The read stops at the
+    cap (or the CRC check refuses it): never 5 MB in memory."""
+    import struct
+    import zipfile
+
+    zpath = tmp_path / "liar.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("media/other/a.jpg", b"\xff\xd8\xff" + b"\x00" * 5_000_000)
+    raw = bytearray(zpath.read_bytes())
+    local = raw.index(b"PK\x03\x04")
+    central = raw.index(b"PK\x01\x02")
+    struct.pack_into("<I", raw, local + 22, 100)  # uncompressed size, local header
+    struct.pack_into("<I", raw, central + 24, 100)  # and in the central directory
+    zpath.write_bytes(bytes(raw))
+    with Archive([zpath]) as archive:
+        assert archive.files["media/other/a.jpg"].size == 100  # the lie is believed...
+        try:
+            data = archive.read("media/other/a.jpg", limit=1000)
+        except ArchiveError as exc:
+            assert exc.path == "media/other/a.jpg"
+        else:
+            assert len(data) <= 1000  # ...but never more than the cap is read
 
 
 def test_scan_of_path_str(tmp_path: Path, photo_bytes):

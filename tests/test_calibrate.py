@@ -122,3 +122,21 @@ def test_not_a_match_is_remembered_by_content(indexed, tmp_path):
     assert "marked not a match" in " ".join(table.stdout.split())
     unknown = runner.invoke(app, [*base, "--not", "media/nope.jpg"])
     assert unknown.exit_code == 2 and "no such photo in the index" in unknown.stderr
+    # Re-indexed from scratch, the archive photo moved to another path: still remembered.
+    meta = tmp_path / "export" / LAYOUT_DIRS["C"] / "posts_1.json"
+    posts = json.loads(meta.read_text())
+    for entry in posts:
+        for media in entry["media"]:
+            media["uri"] = media["uri"].replace("posts/1/3.jpg", "posts/9/moved.jpg")
+    meta.write_text(json.dumps(posts))
+    (tmp_path / "export/media/posts/9").mkdir(parents=True)
+    src.rename(tmp_path / "export/media/posts/9/moved.jpg")
+    weights = json.loads(runner.invoke(app, ["info", "--index", str(indexed), "--json"])
+                         .stdout)["models"][TINY.name]["weights_path"]
+    again = runner.invoke(app, ["index", str(tmp_path / "export"), "--index", str(indexed),
+                                "--model", TINY.name, "--weights", weights, "--rebuild"])
+    assert again.exit_code == 0, again.output
+    after = runner.invoke(app, base)
+    assert after.exit_code == 0, after.output
+    result = json.loads(after.stdout)["results"][0]
+    assert result["verdict"] == "new" and result["skipped"] == ["media/posts/9/moved.jpg"]

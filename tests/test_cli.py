@@ -137,6 +137,27 @@ def test_other_weights_exit_3(indexed, candidates, tmp_path):
     assert "not the weights this index was built with" in result.stderr
 
 
+def test_weights_rewritten_in_place_with_the_same_size_and_mtime_are_refused(
+        indexed, candidates, tiny_weights):
+    """The SHA-256 cache must not be fooled by a file whose size and mtime were kept."""
+    import os
+
+    posted, _ = candidates
+    assert invoke("check", "-q", str(posted), "--index", str(indexed), "--weights",
+                  str(tiny_weights)).exit_code == 1  # the hash is now cached
+    st = os.stat(tiny_weights)
+    data = bytearray(tiny_weights.read_bytes())
+    data[-1] ^= 0x01
+    tiny_weights.write_bytes(bytes(data))
+    os.utime(tiny_weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = os.stat(tiny_weights)
+    assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    result = invoke("check", "-q", str(posted), "--index", str(indexed), "--weights",
+                    str(tiny_weights))
+    assert result.exit_code == 3
+    assert "not the weights this index was built with" in result.stderr
+
+
 def test_missing_weights_exit_3(indexed, candidates, tiny_weights):
     posted, _ = candidates
     tiny_weights.unlink()  # the file the index remembers is gone, and tiny has no download
@@ -168,7 +189,7 @@ def test_index_exit_codes(tmp_path, tiny_weights, export):
     assert result.exit_code == 2 and "not a zip file or a folder" in result.stderr
     result = invoke("index", str(export), "--index", str(tmp_path / "i"), "--model",
                     "tiny-test", "--weights", str(tmp_path / "absent.npy"))
-    assert result.exit_code in (2, 3)  # Typer may refuse the missing path before we do
+    assert result.exit_code == 3 and "absent.npy" in result.stderr
     # An unreadable archive is bad usage even where no weights could be had.
     result = invoke("index", str(tmp_path / "absent.zip"), "--index", str(tmp_path / "i"))
     assert result.exit_code == 2 and "no such file or folder" in result.stderr
@@ -187,14 +208,15 @@ def test_env_vars_set_index_and_weights(tmp_path, export, tiny_weights, candidat
 
 def test_default_index_location_is_the_user_data_dir(tmp_path, export, tiny_weights,
                                                      monkeypatch):
+    import os
+    from pathlib import Path
+
     result = invoke("index", str(export), "--model", "tiny-test", "--weights", str(tiny_weights))
     assert result.exit_code == 0
-    from platformdirs import user_data_dir
-
-    from dupecheck.cli.options import default_index_dir
-
-    assert str(default_index_dir()).startswith(user_data_dir("dupecheck"))
-    assert (default_index_dir() / "CURRENT").exists()
+    # XDG_DATA_HOME is set for every test (conftest); platformdirs' user data dir is under it.
+    expected = Path(os.environ["XDG_DATA_HOME"]) / "dupecheck" / "index"
+    assert (expected / "CURRENT").exists()
+    assert invoke("info", "--json").exit_code == 0  # found there with no --index
 
 
 def test_info(indexed):

@@ -79,7 +79,44 @@ def test_sigkill_at_random_moments_never_loses_or_mixes(tmp_path, tiny_weights):
         current = target_set
     # The random kills landed before publishing, after it, and mid-embedding.
     assert outcomes["previous"] > 0 and outcomes["new"] > 0 and resumed > 0, (outcomes, resumed)
-    assert outcomes["new"] + outcomes["previous"] == 20
+
+
+
+@pytest.mark.parametrize("stage, visible", [("write", "previous"), ("pointer", "previous"),
+                                            ("collect", "new")])
+def test_sigkill_in_the_publish_step_leaves_one_whole_index(tmp_path, tiny_weights, stage,
+                                                            visible):
+    """Kills aimed at write_index: while the generation is written, with CURRENT's
+    replacement written but not swapped in, and just after the swap."""
+    small, small_set = export(tmp_path / "small", range(0, 4))
+    large, large_set = export(tmp_path / "large", range(2, 9))
+    index = tmp_path / "index"
+    build_index([small], index, TINY, tiny_weights)
+    marker = tmp_path / "paused"
+    env = {**os.environ, "TINY_PAUSE_AT": stage, "TINY_PAUSE_MARKER": str(marker),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, str(TINY_CLI), "index", str(large), "--index", str(index),
+         "--model", "tiny-test", "--weights", str(tiny_weights), "--quiet"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.read_text() == stage  # the kill lands where it is aimed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    seen = open_index(index)
+    expected = small_set if visible == "previous" else large_set
+    assert {p.path for p in seen.photos} == expected
+    assert seen.embeddings(TINY.name).shape == (len(expected), TINY.dim)
+    # The next run publishes and leaves no half-written generation or pointer behind.
+    build_index([large], index, TINY, tiny_weights)
+    assert {p.path for p in open_index(index).photos} == large_set
+    leftovers = [p.name for p in index.iterdir() if p.name.startswith(".")
+                 and p.name != ".lock"]
+    assert leftovers == []
+    assert len([p for p in index.iterdir() if p.name.startswith("gen-")]) <= 2
 
 
 def test_readers_during_writes_always_see_one_complete_index(tmp_path):

@@ -84,20 +84,45 @@ class FileAudit:
                 path = os.fsdecode(args[0]) if not isinstance(args[0], str) else args[0]
                 if not os.path.isabs(path) and os.sep not in path:
                     return  # relative to a dir_fd (shutil.rmtree's walk), not to the cwd
-                mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
+                mode = args[1] if len(args) > 1 and isinstance(args[1], str) else None
+                if mode is None:  # os.open: the flags say whether it writes
+                    flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+                    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+                    mode = "w" if flags & writes else "r"
                 cls.opened.append(f"{mode}:{os.path.abspath(path)}")
 
         sys.addaudithook(hook)
         cls.installed = True
 
 
-def allowed(path: str, roots: list[Path]) -> bool:
+def allowed(entry: str, roots: list[Path]) -> bool:
+    """Writes only under the roots (the index, dupecheck's cache); reads also of the
+    system's files (Python's own modules, shared libraries, /proc)."""
     import dupecheck
 
+    mode, path = entry.split(":", 1)
+    if any(path.startswith(str(r)) for r in roots):
+        return True
+    if any(c in mode for c in "wax+"):
+        return False
     code = str(Path(dupecheck.__file__).parent)  # lazy imports of dupecheck's own modules
     system = [sys.prefix, sys.base_prefix, "/usr/", "/etc/", "/proc/", "/sys/", "/dev/",
               "/lib", "/opt/", code]
-    return any(path.startswith(str(r)) for r in roots) or any(path.startswith(s) for s in system)
+    return any(path.startswith(s) for s in system)
+
+
+def test_the_file_audit_catches_a_write_outside_the_roots(tmp_path):
+    assert not allowed("w:/etc/dupecheck-test", [tmp_path])
+    assert not allowed("a:/usr/lib/x", [tmp_path])
+    assert allowed("r:/usr/lib/x", [tmp_path]) and allowed(f"w:{tmp_path}/x", [tmp_path])
+    FileAudit.install()
+    FileAudit.opened, FileAudit.active = [], True
+    try:
+        fd = os.open(tmp_path / "flags.bin", os.O_WRONLY | os.O_CREAT)
+        os.close(fd)
+    finally:
+        FileAudit.active = False
+    assert f"w:{tmp_path / 'flags.bin'}" in FileAudit.opened
 
 
 @pytest.fixture
@@ -121,7 +146,7 @@ def run_index(archives: list[Path], index: Path, weights: Path, audit_roots: lis
                                      "--model", "tiny-test", "--weights", str(weights), "--json"])
     finally:
         FileAudit.active = False
-    outside = [p for p in FileAudit.opened if not allowed(p.split(":", 1)[1], audit_roots)]
+    outside = [p for p in FileAudit.opened if not allowed(p, audit_roots)]
     return result, outside
 
 
@@ -210,9 +235,13 @@ def test_hostile_json(tmp_path, tiny_weights):
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
-def test_hostile_zips(tmp_path, tiny_weights, photo_bytes):
+def test_hostile_zips(tmp_path, tiny_weights, photo_bytes, monkeypatch):
     good = {f"media/posts/1/{n}.jpg": photo_bytes(n) for n in range(GOOD)}
-    evil = tmp_path / "evil.zip"
+    (tmp_path / "z" / "y" / "x").mkdir(parents=True)
+    evil = tmp_path / "z" / "y" / "x" / "evil.zip"
+    work = tmp_path / "c" / "b" / "a"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # where `../../escaped.jpg` would land if extracted here
     with zipfile.ZipFile(evil, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in good.items():
             zf.writestr(name, data)
@@ -248,7 +277,13 @@ def test_hostile_zips(tmp_path, tiny_weights, photo_bytes):
                                 roots)
     assert result.exit_code == 0, result.output
     assert outside == [] and "Traceback" not in result.output
-    assert not list(tmp_path.glob("**/escaped.jpg")) and not Path("/etc/x.jpg").exists()
+    # Where the escaping members point, from the working directory, the zip's folder and
+    # the index: nothing there.
+    baits = [(base / "../../escaped.jpg").resolve() for base in (work, evil.parent, index)]
+    assert baits[0] == tmp_path / "c" / "escaped.jpg" and baits[1] == tmp_path / "z" / \
+        "escaped.jpg"
+    assert not any(b.exists() for b in baits) and not Path("/etc/x.jpg").exists()
+    assert not list(tmp_path.glob("**/escaped.jpg"))
     doc = json.loads(result.stdout)
     assert doc["photos"] == GOOD, (doc["errors"], doc["orphans"])
     text = "\n".join(doc["errors"])

@@ -177,6 +177,23 @@ def test_decompression_bomb_is_refused():
     assert info.value.path == "bomb.png"
 
 
+def test_images_between_our_limit_and_pillows_are_refused_by_ours():
+    """120 MP is our limit; Pillow's own bomb error starts at 2 x 89.5 = 179 MP. A 132 MP
+    header must be refused by ours, naming it; a 100 MP one must not be."""
+    from dupecheck.imaging import MAX_PIXELS
+
+    over = png_declaring(11_000, 12_000)  # 132 MP
+    assert MAX_PIXELS < 11_000 * 12_000 < 2 * 89_478_485
+    with pytest.raises(ImageError, match=f"over the {MAX_PIXELS}-pixel limit|bomb") as info:
+        decode(over, "big.png")
+    assert "120000000" in info.value.reason or "120,000,000" in info.value.reason \
+        or str(MAX_PIXELS) in info.value.reason
+    under = png_declaring(10_000, 10_000)  # 100 MP: allowed, and only its data is bad
+    with pytest.raises(ImageError) as info:
+        decode(under, "under.png")
+    assert "limit" not in info.value.reason and "bomb" not in info.value.reason
+
+
 def test_extreme_shapes_decode(photo):
     for size in ((1, 1), (10000, 10), (10, 10000)):
         img = Image.new("RGB", size, (10, 200, 30))

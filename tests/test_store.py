@@ -119,11 +119,21 @@ def test_edited_manifest_is_refused(tmp_path):
 
 
 def test_row_count_disagreeing_with_metadata_is_refused(tmp_path):
+    """Consistent checksums everywhere (photos.json, manifest, CURRENT), yet 4 rows where
+    the manifest says 5: the row-count check itself must refuse it."""
+    import hashlib
+
     root = tmp_path / "idx"
     write(root)
-    photos = generation_dir(root) / "photos.json"
-    photos.write_text(json.dumps(json.loads(photos.read_text())[:4]))
-    with pytest.raises(IndexUnusable, match="photos.json does not match its checksum"):
+    gen = generation_dir(root)
+    photos = gen / "photos.json"
+    photos.write_bytes(json.dumps(json.loads(photos.read_text())[:4]).encode())
+    manifest = json.loads((gen / "manifest.json").read_text())
+    manifest["files"]["photos.json"] = hashlib.sha256(photos.read_bytes()).hexdigest()
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    sha = hashlib.sha256((gen / "manifest.json").read_bytes()).hexdigest()
+    (root / CURRENT_FILE).write_text(f"{gen.name} {sha}\n")
+    with pytest.raises(IndexUnusable, match="photos.json has 4 rows, the manifest says 5"):
         open_index(root)
 
 

@@ -14,7 +14,9 @@ OpenCV and FAISS are imported on first use: `check` pays for them only when it r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -43,6 +45,10 @@ MIN_OVERLAP = 0.15  # the overlap covers at least this fraction of the smaller f
 SHORTLIST_VOTES = 8  # photos verified from the descriptor votes
 SHORTLIST_GLOBAL = 4  # plus the best rows by cosine and by PDQ
 SEARCH_NEIGHBOURS = 8  # descriptors looked up per candidate descriptor
+SHORTLIST_PROBES = 8  # inverted lists searched per descriptor (of up to 1024)
+# The stored (IVF-PQ) shortlist of a large index holds each photo's strongest 128
+# descriptors: half the file to verify and to search; verification still uses all 256.
+SHORTLIST_FEATURES = 128
 FLAT_MAX_DESCRIPTORS = 1 << 17  # below this the shortlist is exact (built on open)
 
 
@@ -243,9 +249,11 @@ def verify(candidate: LocalFeatures, archive: LocalFeatures) -> Verification:
 # -- the shortlist: which archive photos are worth verifying -----------------------------------
 
 
-def _valid_vectors(descriptors: np.ndarray, meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every stored descriptor as a unit vector, with the row it belongs to."""
-    counts = np.asarray(meta[:, 0], np.int64)
+def _valid_vectors(descriptors: np.ndarray, meta: np.ndarray, per_photo: int = LOCAL_FEATURES
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The first `per_photo` stored descriptors of each row (the strongest: rows are kept
+    in order of response) as unit vectors, with the row each belongs to."""
+    counts = np.minimum(np.asarray(meta[:, 0], np.int64), per_photo)
     valid = np.arange(descriptors.shape[1])[None, :] < counts[:, None]  # (N, K)
     rows = np.nonzero(valid)[0].astype(np.int64)
     return as_unit_vectors(np.asarray(descriptors)[valid]), rows
@@ -264,7 +272,7 @@ def build_shortlist(descriptors: np.ndarray, meta: np.ndarray, seed: int = 0
     Small indexes get None: their exact (flat) shortlist is built when they are opened,
     in milliseconds, and costs no disk.
     """
-    total = int(np.asarray(meta[:, 0], np.int64).sum())
+    total = int(np.minimum(np.asarray(meta[:, 0], np.int64), SHORTLIST_FEATURES).sum())
     if total <= FLAT_MAX_DESCRIPTORS:
         return None
     import faiss
@@ -277,12 +285,13 @@ def build_shortlist(descriptors: np.ndarray, meta: np.ndarray, seed: int = 0
     sample_rows = np.sort(rng.choice(len(meta), size=min(len(meta),
                                                          max(1, 64 * nlist // 128)),
                                      replace=False))
-    train, _ = _valid_vectors(np.asarray(descriptors[sample_rows]), meta[sample_rows])
+    train, _ = _valid_vectors(np.asarray(descriptors[sample_rows]), meta[sample_rows],
+                              SHORTLIST_FEATURES)
     index.train(train)
     block = 4096
     for start in range(0, len(meta), block):
         vectors, rows = _valid_vectors(np.asarray(descriptors[start:start + block]),
-                                       meta[start:start + block])
+                                       meta[start:start + block], SHORTLIST_FEATURES)
         if len(vectors):
             index.add_with_ids(vectors, rows + start)
     return faiss.serialize_index(index)
@@ -296,12 +305,20 @@ class Shortlist:
 
     @classmethod
     def open(cls, descriptors_loader: object, meta: np.ndarray,
-             stored: np.ndarray | None) -> Shortlist:
+             stored: np.ndarray | str | Path | Callable[[], Path | None] | None
+             ) -> Shortlist:
+        """From a stored FAISS index (a verified file, memory-mapped: only the probed lists
+        are read; or its bytes), else an exact one built from the descriptors."""
         import faiss
 
+        if callable(stored):  # verification deferred to this call (e.g. in a thread)
+            stored = stored()
         if stored is not None:
-            index = faiss.deserialize_index(stored)
-            index.nprobe = 16
+            if isinstance(stored, np.ndarray):
+                index = faiss.deserialize_index(stored)
+            else:
+                index = faiss.read_index(str(stored), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            index.nprobe = SHORTLIST_PROBES
             return cls(index)
         vectors, rows = _valid_vectors(descriptors_loader(), meta)  # type: ignore[operator]
         index = faiss.IndexIDMap(faiss.IndexFlatL2(DESCRIPTOR_DIM))

@@ -10,6 +10,7 @@ frame and as each crop that Instagram could have posted; the best variant counts
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,20 +138,28 @@ class Searcher:
         self.rows_by_sha: dict[str, list[int]] = {}
         for row, photo in enumerate(index.photos):
             self.rows_by_sha.setdefault(photo.sha256, []).append(row)
-        self._shortlist: Shortlist | None = None
+        self._shortlist: Future[Shortlist] | None = None
 
     @property
     def local(self) -> bool:
         """Whether this index can give `re-framed` evidence."""
         return self.index.local is not None
 
+    def prepare_local(self) -> None:
+        """Start opening the shortlist (import FAISS, verify and map its file) in a thread:
+        it overlaps with decoding the candidates and loading the model."""
+        local = self.index.local
+        if local is None or self._shortlist is not None:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupecheck-shortlist")
+        self._shortlist = pool.submit(Shortlist.open, local.all_descriptors, local.meta,
+                                      local.shortlist_path)
+        pool.shutdown(wait=False)
+
     def shortlist(self) -> Shortlist:
-        if self._shortlist is None:
-            local = self.index.local
-            assert local is not None
-            self._shortlist = Shortlist.open(local.all_descriptors, local.meta,
-                                             local.shortlist_bytes())
-        return self._shortlist
+        self.prepare_local()
+        assert self._shortlist is not None
+        return self._shortlist.result()
 
     def reframed(self, features: LocalFeatures, extra_rows: list[int],
                  exclude: set[int]) -> dict[int, Verification]:
@@ -279,6 +288,7 @@ def check_photos(paths: list[Path], index: Index, spec: ModelSpec,
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     searcher = Searcher(index, spec.name)
+    searcher.prepare_local()
     loaded: list[Candidate | CheckResult] = []
     for path in paths:
         try:

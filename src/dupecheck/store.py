@@ -52,7 +52,7 @@ LOCAL_DESCRIPTORS_FILE = "local-descriptors.npy"  # (N, 256, 128) uint8 RootSIFT
 LOCAL_POINTS_FILE = "local-points.npy"  # (N, 256, 2) float16 keypoint positions
 LOCAL_META_FILE = "local-meta.npy"  # (N, 3) uint16: keypoints, width, height
 LOCAL_BLOCKS_FILE = "local-blocks.npy"  # (B, 32) uint8: SHA-256 of each block of rows
-LOCAL_SHORTLIST_FILE = "local-shortlist.npy"  # a serialised FAISS index, large indexes only
+LOCAL_SHORTLIST_FILE = "local-shortlist.faiss"  # FAISS's own format (no pickle); large only
 LOCAL_BLOCK_ROWS = 64  # rows per lazily verified block (~2 MB)
 
 
@@ -186,16 +186,18 @@ class LocalStore:
             self._verify_block(block)
         return np.asarray(self._points)
 
-    def shortlist_bytes(self) -> np.ndarray | None:
-        """The serialised FAISS index written for a large index, verified; None otherwise."""
+    def shortlist_path(self) -> Path | None:
+        """The FAISS index written for a large index, verified by its SHA-256; None when the
+        index is small enough for an exact shortlist built on open."""
         if self._shortlist_sha is None:
             return None
         path = self._dir / LOCAL_SHORTLIST_FILE
         _check_hash(path, self._shortlist_sha)
-        data = _load_npy(path)
-        if data.dtype != np.uint8 or data.ndim != 1:
-            raise IndexUnusable("not a serialised shortlist", path)
-        return data
+        return path
+
+    def shortlist_bytes(self) -> np.ndarray | None:
+        path = self.shortlist_path()
+        return None if path is None else np.fromfile(path, dtype=np.uint8)
 
 
 def _load_verified(path: Path, dtype: np.dtype, shape: tuple[int, ...],
@@ -449,10 +451,12 @@ def _write_local(tmp_dir: Path, local: LocalArrays, files: dict[str, str]) -> di
         LOCAL_META_FILE: np.ascontiguousarray(local.meta, "<u2"),
         LOCAL_BLOCKS_FILE: _block_hashes(local.descriptors, local.points),
     }
-    if local.shortlist is not None:
-        arrays[LOCAL_SHORTLIST_FILE] = np.ascontiguousarray(local.shortlist, np.uint8)
     for name, array in arrays.items():
         files[name] = _write_synced(tmp_dir / name, lambda fh, a=array: np.save(fh, a))
+    if local.shortlist is not None:
+        raw = np.ascontiguousarray(local.shortlist, np.uint8).tobytes()
+        files[LOCAL_SHORTLIST_FILE] = _write_synced(tmp_dir / LOCAL_SHORTLIST_FILE,
+                                                    lambda fh: fh.write(raw))
     return {"version": LOCAL_VERSION, "features": LOCAL_FEATURES,
             "shortlist": "faiss-ivfpq" if local.shortlist is not None else "flat"}
 
@@ -470,8 +474,11 @@ def _collect_garbage(root: Path, keep: set[str]) -> None:
         name = child.name
         stale_gen = name.startswith("gen-") and name not in keep
         stale_tmp = name.startswith(".gen-") and name.endswith(".tmp")
+        stale_pointer = name.startswith(f".{CURRENT_FILE}.") and name.endswith(".tmp")
         if stale_gen or stale_tmp:
             shutil.rmtree(child, ignore_errors=True)
+        elif stale_pointer:  # a writer killed before its swap; we hold the writer lock
+            child.unlink(missing_ok=True)
 
 
 # -- staging: finished batches of an unfinished run ------------------------------------

@@ -96,10 +96,13 @@ def _hash_cache_file() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a weights file, remembered by (path, size, mtime)."""
+    """SHA-256 of a weights file, remembered by (path, inode, size, mtime, ctime).
+
+    ctime is set by the kernel on every write and cannot be set back by a program (unlike
+    mtime), so a file rewritten in place with the same size and mtime is hashed again."""
     path = Path(path).resolve()
     st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{path}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     cache_file = _hash_cache_file()
     try:
         cache = json.loads(cache_file.read_text())
