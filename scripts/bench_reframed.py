@@ -12,6 +12,7 @@
    features, interleaved repeats, medians; disk per photo.
 3. Cold `check` of one photo, fresh process, 10,000-photo index with and without local
    features; the shortlist's size, and what it would be at 100,000 photos.
+4. Where `index` time goes: CPU per photo of local features against the ONNX model's.
 """
 
 from __future__ import annotations
@@ -214,13 +215,45 @@ def check_cost(photos_dir: Path, work: Path, runs: int, rows: int = 10_000
     return result
 
 
+def cpu_per_photo(photos_dir: Path, work: Path) -> dict[str, float]:
+    """CPU seconds per export-like photo: SIFT at each size, and ResNet-50 on ONNX."""
+    export = work / "export-like"
+    if not export.exists():
+        export = export_like(photos_dir, work)
+    spec = MODELS["resnet50"]
+    weights = work / "resnet50-random.pth"
+    if not weights.exists():
+        random_weights("resnet50", work)
+    images = [decode(p.read_bytes(), p.name, draft=spec.archive_draft_size).image
+              for p in sorted(export.iterdir())]
+    result: dict[str, float] = {}
+    for side in (lf.LOCAL_MAX_SIDE, 384):
+        lf.extract(images[0], side)  # warm-up
+        start = time.process_time()
+        for img in images:
+            lf.extract(img, side)
+        result[f"local_features_{side}px_cpu_ms"] = 1000 * (time.process_time() - start) / len(
+            images)
+    engine = load_engine(spec, weights, "onnx")
+    pixels = np.stack([spec.to_input(img) for img in images[:spec.batch_size]])
+    engine.embed_batch(pixels)
+    start = time.process_time()
+    for _ in range(3):
+        engine.embed_batch(pixels)
+    result["resnet50_onnx_cpu_ms"] = 1000 * (time.process_time() - start) / (3 * len(pixels))
+    table("4. CPU per photo at `index` (export-like photos, both cores counted)",
+          ["what", "CPU ms per photo"], [[k, f"{v:.1f}"] for k, v in result.items()])
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/photos")
     parser.add_argument("--out", type=Path, default=REPO / "bench-reframed.json")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma list of: quality,index,check")
+    parser.add_argument("--skip", default="",
+                        help="comma list of: quality,index,check,cpu")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="dupecheck-bench-reframed-"))
@@ -236,6 +269,8 @@ def main() -> int:
             if not (work / "resnet50-random.pth").exists():
                 random_weights("resnet50", work)
             doc["check"] = check_cost(args.photos, work, args.runs)
+        if "cpu" not in skip:
+            doc["cpu_per_photo"] = cpu_per_photo(args.photos, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(json.dumps(doc, indent=2))

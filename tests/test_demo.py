@@ -31,6 +31,8 @@ def _offline_prefix() -> list[str]:
 @pytest.mark.skipif(not DUPECHECK.exists(), reason="make demo runs the .venv's dupecheck")
 def test_make_demo_works_offline(tmp_path):
     env = {**os.environ, "DUPECHECK_INDEX": str(tmp_path / "demo-index"),
+           "TORCH_HOME": str(tmp_path / "torch"), "HF_HOME": str(tmp_path / "hf"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
            "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
     env.pop("HF_HUB_OFFLINE", None)  # as a person's shell has it: dupecheck tries, and fails

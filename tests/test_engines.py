@@ -162,7 +162,7 @@ def test_weights_come_from_the_torch_cache_when_present(resnet50_weights):
     spec = MODELS["resnet50"]
     assert cached_weights(spec) is None
     target = torch_hub_dir() / "checkpoints" / "resnet50-11ad3fa6.pth"
-    target.parent.mkdir(parents=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(resnet50_weights.read_bytes())
     try:
         assert resolve_weights(spec) == target

@@ -31,6 +31,7 @@ KIND_PROFILE = "profile"
 KIND_OTHER = "other"
 KIND_UNLISTED = "unlisted"  # in media/ but named by no JSON
 KIND_PHOTO = "photo"  # a plain folder of images, no JSON at all
+KIND_ADDED = "added"  # recorded by `dupecheck add` since the export (not in any archive)
 
 # Metadata files by name, in the order a photo named twice takes its kind from.
 # IGTV was folded into reels by Instagram in 2022, so its videos count as reels.

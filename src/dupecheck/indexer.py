@@ -17,7 +17,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from .archive import KIND_PHOTO, KIND_UNLISTED, Archive, PhotoRecord, Problem, scan_archive
+from .added import extended_local, held_by_export, stored_copy
+from .archive import (
+    KIND_ADDED,
+    KIND_PHOTO,
+    KIND_UNLISTED,
+    PhotoRecord,
+    Problem,
+    scan_archive,
+)
 from .engines import Engine, ModelSpec, load_engine
 from .engines.weights import file_sha256
 from .errors import ArchiveError, ImageError, IndexUnusable
@@ -60,6 +68,8 @@ class IndexSummary:
     dropped_models: list[str] = field(default_factory=list)
     layouts: list[str] = field(default_factory=list)
     archives: list[str] = field(default_factory=list)
+    added_replaced: int = 0  # photos added since an export, now held by this export
+    added_kept: list[str] = field(default_factory=list)  # added photos it does not hold
 
 
 @dataclass
@@ -149,7 +159,8 @@ def build_index(
         exif_taken: dict[str, str | None] = {}
         if previous is not None:
             prev_emb = previous.embeddings(spec.name) if spec.name in previous.models else None
-            wanted = {sha for _, sha in hashed}
+            wanted = {sha for _, sha in hashed} | {p.sha256 for p in previous.photos
+                                                    if p.kind == KIND_ADDED}
             for row, photo in enumerate(previous.photos):
                 known_pdq[photo.sha256] = previous.pdq[row]
                 if prev_emb is not None:
@@ -171,9 +182,28 @@ def build_index(
             if missing and sha not in needed:
                 needed[sha] = record
         summary.reused = len({sha for _, sha in hashed if sha in known_emb})
+        # Photos added since the last export ride along (embedded from the copy kept of
+        # each where this model has not seen them); step 4 decides which the export holds.
+        export_shas = {sha for _, sha in hashed}
+        added = [p for p in (previous.photos if previous is not None else [])
+                 if p.kind == KIND_ADDED and p.sha256 not in export_shas]
+        for p in added:
+            missing = p.sha256 not in known_emb or (local_features and
+                                                    p.sha256 not in known_local)
+            if missing and p.sha256 not in needed:
+                needed[p.sha256] = PhotoRecord(p.path, KIND_ADDED, p.taken_at, p.caption, None)
+
+        def read(record: PhotoRecord, sha: str) -> bytes:
+            if record.kind != KIND_ADDED:
+                return archive.read(record.path)
+            data = stored_copy(index_dir, sha)
+            if data is None:
+                raise ArchiveError("the copy dupecheck kept of this added photo is gone",
+                                   record.path)
+            return data
 
         # 3. Decode and embed what is new, batch by batch; each finished batch is staged.
-        failed = _embed_new(archive, needed, spec, weights, staging, loader, known_pdq,
+        failed = _embed_new(read, needed, spec, weights, staging, loader, known_pdq,
                             known_emb, known_local if local_features else None, exif_taken,
                             summary, progress, workers)
 
@@ -187,6 +217,28 @@ def build_index(
                 taken = exif_taken.get(sha)
             rows.append(IndexedPhoto(record.path, record.kind, taken, record.caption,
                                      record.carousel_index, sha))
+        local = None
+        if local_features:
+            if progress:
+                progress("shortlist", 0, 1)
+            desc, points, meta = pack([known_local.get(r.sha256, empty_features())
+                                       for r in rows])
+            local = LocalArrays(desc, points, meta, build_shortlist(desc, meta))
+            if progress:
+                progress("shortlist", 1, 1)
+        if added:
+            held = held_by_export(
+                [(p.sha256, known_pdq[p.sha256], known_local.get(p.sha256)) for p in added
+                 if p.sha256 not in failed],
+                [r.sha256 for r in rows], np.stack([known_pdq[r.sha256] for r in rows])
+                if rows else np.zeros((0, PDQ_BYTES), np.uint8), local)
+            kept = [p for p in added if p.sha256 not in held and p.sha256 not in failed]
+            summary.added_replaced = len(held)
+            summary.added_kept = [p.path for p in kept]
+            if kept and local is not None:
+                local = extended_local(local, *pack([known_local.get(p.sha256, empty_features())
+                                                     for p in kept]))
+            rows += kept
         shas = [r.sha256 for r in rows]
         pdq = (np.stack([known_pdq[s] for s in shas]) if rows
                else np.zeros((0, PDQ_BYTES), np.uint8))
@@ -198,14 +250,6 @@ def build_index(
         embeddings = {spec.name: (entry, matrix)}
         if previous is not None:
             embeddings.update(_realign_other_models(previous, spec.name, shas, summary))
-        local = None
-        if local_features:
-            if progress:
-                progress("shortlist", 0, 1)
-            desc, points, meta = pack([known_local.get(s, empty_features()) for s in shas])
-            local = LocalArrays(desc, points, meta, build_shortlist(desc, meta))
-            if progress:
-                progress("shortlist", 1, 1)
         write_index(index_dir, rows, pdq, embeddings, summary.archives, local)
         staging.clear_all()
         summary.photos = len(rows)
@@ -264,7 +308,7 @@ def _realign_other_models(previous: Index, model: str, shas: list[str],
 
 
 def _embed_new(
-    archive: Archive,
+    read: Callable[[PhotoRecord, str], bytes],
     needed: dict[str, PhotoRecord],
     spec: ModelSpec,
     weights: Path,
@@ -287,7 +331,7 @@ def _embed_new(
     def prepare(item: tuple[str, PhotoRecord]) -> _Prepared | Problem:
         sha, record = item
         try:
-            photo = decode(archive.read(record.path), record.path, draft=spec.archive_draft_size)
+            photo = decode(read(record, sha), record.path, draft=spec.archive_draft_size)
             pixels = None if sha in known_emb else spec.to_input(photo.image)
             features = extract(photo.image) if known_local is not None else None
             return _Prepared(sha, pdq_hash(photo.image), pixels, photo.taken_at, features)

@@ -23,7 +23,10 @@ from PIL import Image
 
 # -- constants: one place ---------------------------------------------------------------------
 
-LOCAL_MAX_SIDE = 512  # features are taken on the photo reduced to this long side
+LOCAL_MAX_SIDE = 512  # a checked photo's features are taken at this long side
+# An archive photo's at this one: half SIFT's cost at `index` (its pyramid starts at twice
+# the size), and the scale between the two is part of the fitted transform anyway.
+ARCHIVE_MAX_SIDE = 512
 LOCAL_FEATURES = 256  # the strongest keypoints kept per photo
 DESCRIPTOR_DIM = 128  # SIFT
 # RootSIFT components are at most sqrt(0.2) (SIFT clamps at 0.2 of its L2 norm, L1 >= L2),
@@ -100,21 +103,22 @@ def _detector():  # type: ignore[no-untyped-def]
     return _sift
 
 
-def reduce_for_features(img: Image.Image) -> Image.Image:
-    """Grey, long side at most LOCAL_MAX_SIDE (Image.reduce first: cheap on big photos)."""
+def reduce_for_features(img: Image.Image, max_side: int = LOCAL_MAX_SIDE) -> Image.Image:
+    """Grey, long side at most `max_side` (Image.reduce first: cheap on big photos)."""
     grey = img.convert("L")
-    factor = max(grey.size) // (2 * LOCAL_MAX_SIDE)
+    factor = max(grey.size) // (2 * max_side)
     if factor >= 2:
         grey = grey.reduce(factor)
-    if max(grey.size) > LOCAL_MAX_SIDE:
+    if max(grey.size) > max_side:
         grey = grey.copy()
-        grey.thumbnail((LOCAL_MAX_SIDE, LOCAL_MAX_SIDE), Image.Resampling.BILINEAR)
+        grey.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return grey
 
 
-def extract(img: Image.Image) -> LocalFeatures:
-    """RootSIFT features of an upright photo; a flat photo simply has few or none."""
-    grey = reduce_for_features(img)
+def extract(img: Image.Image, max_side: int = LOCAL_MAX_SIDE) -> LocalFeatures:
+    """RootSIFT features of an upright photo; a flat photo simply has few or none.
+    Archive photos are taken at ARCHIVE_MAX_SIDE, checked photos at LOCAL_MAX_SIDE."""
+    grey = reduce_for_features(img, max_side)
     pixels = np.asarray(grey, dtype=np.uint8)
     empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8),
                           grey.size)
@@ -294,6 +298,18 @@ def build_shortlist(descriptors: np.ndarray, meta: np.ndarray, seed: int = 0
                                        meta[start:start + block], SHORTLIST_FEATURES)
         if len(vectors):
             index.add_with_ids(vectors, rows + start)
+    return faiss.serialize_index(index)
+
+
+def extend_shortlist(stored: np.ndarray, descriptors: np.ndarray, meta: np.ndarray,
+                     first_row: int) -> np.ndarray:
+    """A stored shortlist with rows appended (ids from `first_row`), not trained again."""
+    import faiss
+
+    index = faiss.deserialize_index(np.ascontiguousarray(stored, np.uint8))
+    vectors, rows = _valid_vectors(descriptors, meta, SHORTLIST_FEATURES)
+    if len(vectors):
+        index.add_with_ids(vectors, rows + first_row)
     return faiss.serialize_index(index)
 
 

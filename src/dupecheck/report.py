@@ -158,9 +158,32 @@ def render_index_summary(console: Console, summary: IndexSummary) -> None:
     console.print(table)
     layouts = ", ".join(summary.layouts) or "none"
     console.print(f"[dim]layout {layouts}; index at {escape(summary.index)}[/dim]")
+    if summary.added_replaced:
+        console.print(f"{summary.added_replaced} photo(s) you added since the last export are "
+                      f"in this export now: its records replace them")
+    if summary.added_kept:
+        console.print(f"{len(summary.added_kept)} photo(s) you added are not in this export "
+                      f"and stay added: " + escape(", ".join(summary.added_kept)))
     for name in summary.dropped_models:
         console.print(f"[yellow]{name} embeddings dropped: they do not cover the new photos; "
                       f"run `dupecheck index ... --model {name}` to add them back[/yellow]")
+
+
+# -- add ---------------------------------------------------------------------------
+
+
+def add_document(summary: Any) -> dict[str, Any]:
+    return asdict(summary)
+
+
+def render_add(console: Console, summary: Any) -> None:
+    for photo in summary.added:
+        console.print(Text.assemble(("added ", "green"), photo.path,
+                                    (f"  {(photo.taken_at or '')[:10]}", "dim")))
+    for path in summary.already:
+        console.print(Text.assemble(("already in the index ", "dim"), path))
+    console.print(f"[dim]{len(summary.added)} added; the index holds {summary.photos} "
+                  f"photos[/dim]")
 
 
 # -- info ----------------------------------------------------------------------------

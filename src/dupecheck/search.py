@@ -275,10 +275,14 @@ class Searcher:
         return CheckResult(cand.path, verdict, matches)
 
 
+CHECK_CHUNK = 32  # photos decoded and embedded at a time: memory stays bounded for folders
+
+
 def check_photos(paths: list[Path], index: Index, spec: ModelSpec,
                  engine: Engine | Callable[[], Engine], threshold: float,
                  top_k: int = DEFAULT_TOP_K,
-                 not_matches: dict[str, set[str]] | None = None) -> list[CheckResult]:
+                 not_matches: dict[str, set[str]] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> list[CheckResult]:
     """Check each photo against the index; a photo that cannot be read gets an error result.
 
     `engine` may be a callable that returns the engine, so that the model can load in
@@ -289,32 +293,37 @@ def check_photos(paths: list[Path], index: Index, spec: ModelSpec,
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     searcher = Searcher(index, spec.name)
     searcher.prepare_local()
-    loaded: list[Candidate | CheckResult] = []
-    for path in paths:
-        try:
-            loaded.append(load_candidate(path, spec, local=searcher.local))
-        except DupecheckError as exc:
-            loaded.append(CheckResult(str(path), None, error=str(exc)))
-    candidates = [c for c in loaded if isinstance(c, Candidate)]
-    if callable(engine) and not hasattr(engine, "embed_batch"):
-        engine = engine()
-    vectors = embed_images(engine, np.concatenate([c.pixels for c in candidates])
-                           if candidates else np.zeros((0, 3, spec.crop, spec.crop), np.float32),
-                           batch_size=spec.batch_size)
     results: list[CheckResult] = []
-    offset = 0
-    for item in loaded:
-        if isinstance(item, CheckResult):
-            results.append(item)
-            continue
-        v = len(item.variants)
-        excluded = (not_matches or {}).get(item.sha256, set())
-        skip = frozenset(r for sha in excluded for r in searcher.rows_by_sha.get(sha, []))
-        result = searcher.search(item, vectors[offset:offset + v], threshold, top_k, skip)
-        result.sha256 = item.sha256
-        result.skipped = sorted(index.photos[r].path for r in skip)
-        results.append(result)
-        offset += v
+    for start in range(0, len(paths), CHECK_CHUNK):
+        loaded: list[Candidate | CheckResult] = []
+        for path in paths[start:start + CHECK_CHUNK]:
+            try:
+                loaded.append(load_candidate(path, spec, local=searcher.local))
+            except DupecheckError as exc:
+                loaded.append(CheckResult(str(path), None, error=str(exc)))
+        candidates = [c for c in loaded if isinstance(c, Candidate)]
+        if candidates and callable(engine) and not hasattr(engine, "embed_batch"):
+            engine = engine()
+        vectors = None
+        if candidates:
+            vectors = embed_images(engine, np.concatenate([c.pixels for c in candidates]),
+                                   batch_size=spec.batch_size)  # type: ignore[arg-type]
+        offset = 0
+        for item in loaded:
+            if isinstance(item, CheckResult):
+                results.append(item)
+                continue
+            assert vectors is not None
+            v = len(item.variants)
+            excluded = (not_matches or {}).get(item.sha256, set())
+            skip = frozenset(r for sha in excluded for r in searcher.rows_by_sha.get(sha, []))
+            result = searcher.search(item, vectors[offset:offset + v], threshold, top_k, skip)
+            result.sha256 = item.sha256
+            result.skipped = sorted(index.photos[r].path for r in skip)
+            results.append(result)
+            offset += v
+        if progress:
+            progress(len(results), len(paths))
     return results
 
 

@@ -54,6 +54,7 @@ LOCAL_META_FILE = "local-meta.npy"  # (N, 3) uint16: keypoints, width, height
 LOCAL_BLOCKS_FILE = "local-blocks.npy"  # (B, 32) uint8: SHA-256 of each block of rows
 LOCAL_SHORTLIST_FILE = "local-shortlist.faiss"  # FAISS's own format (no pickle); large only
 LOCAL_BLOCK_ROWS = 64  # rows per lazily verified block (~2 MB)
+ADDED_DIR = "added"  # copies of photos recorded by `dupecheck add`, named by their SHA-256
 
 
 def embeddings_file(model: str) -> str:

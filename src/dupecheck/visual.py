@@ -15,7 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .archive import Archive
+from .added import stored_copy
+from .archive import KIND_ADDED, Archive
 from .errors import DupecheckError
 from .imaging import decode
 from .search import CheckResult
@@ -61,9 +62,14 @@ def _thumbnails(index: Index, results: list[CheckResult]
             tiles = []
             for m in result.matches:
                 try:
-                    if archive is None:
+                    if m.photo.kind == KIND_ADDED:  # not in any archive: the copy kept of it
+                        data = stored_copy(index.root, m.photo.sha256)
+                        if data is None:
+                            raise DupecheckError("copy not found")
+                    elif archive is None:
                         raise DupecheckError("archive not found")
-                    data = archive.read(m.photo.path)
+                    else:
+                        data = archive.read(m.photo.path)
                     tile = _thumbnail(decode(data, m.photo.path, draft=THUMB * 2).image)
                     tiles.append(_draw_box(tile, m.transform.box) if m.transform else tile)
                 except DupecheckError:

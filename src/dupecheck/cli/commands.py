@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import report
@@ -114,7 +115,9 @@ def _weights_for(index: Index, spec: ModelSpec, weights: Path | None) -> Path:
 @app.command()
 @error_boundary
 def check(
-    photos: Annotated[list[Path], typer.Argument(help="Photos to check.", show_default=False)],
+    photos: Annotated[list[Path], typer.Argument(
+        help="Photos to check, or folders of them (every photo inside, recursively).",
+        show_default=False)],
     index_dir: IndexDir,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1,
                                        help="Archive photos to list per photo.")] = DEFAULT_TOP_K,
@@ -130,6 +133,9 @@ def check(
     not_match: Annotated[list[str] | None, typer.Option(
         "--not", metavar="ARCHIVE_PATH", help="Remember that these photos are not re-posts "
         "of this archive photo (its path as shown); later checks skip the pair.")] = None,
+    add: Annotated[bool, typer.Option(
+        "--add", help="Then record the photos found new as posted now (as `dupecheck add`): "
+        "check, and remember it if you go ahead.")] = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
@@ -137,6 +143,7 @@ def check(
     if threshold is not None:
         effective_threshold(threshold, None, 1.0)  # bad usage before any work
     choose_engine(engine)
+    photos = _photos_in(photos)
     index = open_index(index_dir)
     spec = _index_model(index, model)
     weights_path = _weights_for(index, spec, weights)
@@ -146,10 +153,13 @@ def check(
     if not_match:
         _remember_not_matches(index, remembered, photos, not_match)
     # The model loads in a thread while the photos decode and the index is verified.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool, \
+            _progress(quiet or json_out or len(photos) < 8) as bar:
         loading = pool.submit(load_engine, spec, weights_path, engine, entry.weights_sha256)
+        task = bar.add_task("checking", total=len(photos))
         results = check_photos(photos, index, spec, loading.result, thr, top_k,
-                               remembered.load())
+                               remembered.load(),
+                               progress=lambda done, total: bar.update(task, completed=done))
     for r in results:
         if r.error:
             err.print(f"[bold red]error:[/bold red] {r.error}", highlight=False, soft_wrap=True)
@@ -164,12 +174,115 @@ def check(
             visual.write_html(html_report, index, spec.name, thr, results)
         if sheet:
             visual.write_sheet(sheet, index, results)
+    new = [Path(r.photo) for r in results if r.verdict == NEW]
+    if add and new:
+        from ..added import add_photos
+
+        engines = _engines_for(index, spec, weights_path, engine, loading.result())
+        summary = add_photos(index.root, new, engines)
+        if not quiet:
+            err.print(f"added {len(summary.added)} new photo(s) to the index as posted now"
+                      + (f"; {len(summary.already)} already there" if summary.already else ""))
     code = EXIT_OK
     if any(r.verdict not in (None, NEW) for r in results):
         code = EXIT_POSTED
     if any(r.error for r in results):
         code = EXIT_USAGE
     raise typer.Exit(code)
+
+
+def _photos_in(paths: list[Path]) -> list[Path]:
+    """Folders expand to the photos inside; what is skipped there is said, one line each."""
+    from ..added import collect_photos
+
+    if not any(p.is_dir() for p in paths):
+        return paths
+    found, skipped = collect_photos(paths)
+    for line in skipped:
+        err.print(f"[yellow]skipped:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+    if not found:
+        raise UsageError("no photo found in " + ", ".join(str(p) for p in paths))
+    return found
+
+
+def _engines_for(index: Index, spec: ModelSpec, weights: Path, engine: str,
+                 ready: object | None = None) -> dict[str, tuple[ModelSpec, object]]:
+    """A loader per model of the index (each with the weights it was built with)."""
+    engines: dict[str, tuple[ModelSpec, object]] = {}
+    for name, entry in index.models.items():
+        model_spec = get_model_spec(name)
+        if name == spec.name:
+            path = weights
+        else:
+            path = _weights_for(index, model_spec, None)
+        if name == spec.name and ready is not None:
+            engines[name] = (model_spec, lambda r=ready: r)
+        else:
+            engines[name] = (model_spec, lambda s=model_spec, p=path, e=entry: load_engine(
+                s, p, engine, e.weights_sha256))
+    return engines
+
+
+@app.command()
+@error_boundary
+def add(
+    photos: Annotated[list[Path], typer.Argument(
+        help="Photos you posted since the export, or folders of them.", show_default=False)],
+    index_dir: IndexDir,
+    caption: Annotated[str | None, typer.Option("--caption", help="Their caption.")] = None,
+    date: Annotated[str | None, typer.Option(
+        "--date", metavar="YYYY-MM-DD", help="When they were posted (default: the photo's "
+        "EXIF date, else today).")] = None,
+    model: ModelName = None,
+    weights: WeightsPath = None,
+    engine: EngineName = "auto",
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    """Record photos as posted now, until an export that holds them is indexed."""
+    from ..added import add_photos, parse_date
+
+    parse_date(date)  # bad usage before any work
+    choose_engine(engine)
+    photos = _photos_in(photos)
+    index = open_index(index_dir)
+    spec = _index_model(index, model)
+    weights_path = _weights_for(index, spec, weights)
+    engines = _engines_for(index, spec, weights_path, engine)
+    with _progress(quiet or json_out or len(photos) < 8) as bar:
+        task = bar.add_task("adding", total=len(photos))
+        summary = add_photos(index.root, photos, engines, caption, date,
+                             progress=lambda done, total: bar.update(task, completed=done))
+    for line in summary.errors:
+        err.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, soft_wrap=True)
+    if json_out:
+        out.print_json(data=report.add_document(summary))
+    elif not quiet:
+        report.render_add(out, summary)
+    if summary.errors and not summary.added and not summary.already:
+        raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+@error_boundary
+def remove(
+    paths: Annotated[list[str], typer.Argument(
+        metavar="ARCHIVE_PATH...", help="Added photos to take out: the path `check` shows, "
+        "or the file itself.", show_default=False)],
+    index_dir: IndexDir,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    """Take photos recorded with `add` out of the index again (an export's photos stay)."""
+    from ..added import remove_photos
+
+    summary = remove_photos(index_dir, paths)
+    if json_out:
+        out.print_json(data={"index": summary.index, "removed": summary.removed,
+                             "photos": summary.photos})
+    elif not quiet:
+        out.print(f"removed {len(summary.removed)} added photo(s); the index holds "
+                  f"{summary.photos} photos")
 
 
 def _remember_not_matches(index: Index, remembered: NotMatches, photos: list[Path],
