@@ -21,12 +21,12 @@ import numpy as np
 
 from .archive import KIND_ADDED
 from .engines import Engine, ModelSpec
-from .errors import DupecheckError, ImageError, IndexUnusable, UsageError
+from .errors import DupecheckError, IndexUnusable, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
 from .formats import IMAGE_FORMATS, SNIFF_BYTES, sniff
 from .imaging import decode
 from .localfeatures import LocalFeatures, Shortlist, extract, pack, verify
-from .search import MAX_CANDIDATE_BYTES
+from .search import Source, Upload, read_source
 from .store import (
     ADDED_DIR,
     Index,
@@ -105,18 +105,11 @@ class _Prepared:
     taken_at: str | None
 
 
-def _read(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_CANDIDATE_BYTES:
-            raise ImageError(f"{size} bytes, too large for a photo", path)
-        return path.read_bytes()
-    except IsADirectoryError as exc:
-        raise ImageError("is a folder, not a photo", path) from exc
-    except FileNotFoundError as exc:
-        raise ImageError("no such file", path) from exc
-    except OSError as exc:
-        raise ImageError(exc.strerror or str(exc), path) from exc
+UPLOADED = "uploaded/"  # the path of a photo added through `serve`: its upload name
+
+
+def _record_path(source: Source) -> str:
+    return UPLOADED + source.name if isinstance(source, Upload) else str(source.resolve())
 
 
 def parse_date(text: str | None) -> str | None:
@@ -128,7 +121,7 @@ def parse_date(text: str | None) -> str | None:
         raise UsageError(f"--date must be YYYY-MM-DD, got {text!r}") from None
 
 
-def add_photos(index_dir: Path, paths: Sequence[Path],
+def add_photos(index_dir: Path, paths: Sequence[Source],
                engines: dict[str, tuple[ModelSpec, Callable[[], Engine]]],
                caption: str | None = None, date: str | None = None,
                progress: ProgressHook | None = None) -> AddSummary:
@@ -147,12 +140,12 @@ def add_photos(index_dir: Path, paths: Sequence[Path],
         loaded: dict[str, Engine] = {}
         for n, path in enumerate(paths, 1):
             try:
-                data = _read(path)
+                name, data = read_source(path)
                 sha = sha256_bytes(data)
                 if sha in known:
-                    summary.already.append(str(path))
+                    summary.already.append(name)
                     continue
-                photo = decode(data, str(path),
+                photo = decode(data, name,
                                draft=max(s.archive_draft_size for s, _ in engines.values()))
                 vectors = {}
                 for name in index.models:
@@ -162,7 +155,7 @@ def add_photos(index_dir: Path, paths: Sequence[Path],
                     vectors[name] = loaded[name].embed_batch(spec.to_input(photo.image)[None])[0]
                 features = extract(photo.image) if index.local is not None else None
                 taken = taken_default or photo.taken_at or datetime.date.today().isoformat()
-                prepared.append(_Prepared(str(path.resolve()), data, sha, pdq_hash(photo.image),
+                prepared.append(_Prepared(_record_path(path), data, sha, pdq_hash(photo.image),
                                           vectors, features, taken))
                 known.add(sha)
             except DupecheckError as exc:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .evidence import PDQ_MATCH_DISTANCE
-from .localfeatures import Shortlist, verify
+from .localfeatures import verify
 from .search import EXACT, NEAR_IDENTICAL, REFRAMED, SIMILAR, STRENGTH
 from .store import Index, IndexedPhoto
 
@@ -119,7 +119,7 @@ def _reframed_edges(index: Index, model: str, known: list[tuple[int, int, int, f
     vote for the others, and the best few are verified geometrically."""
     local = index.local
     assert local is not None
-    shortlist = Shortlist.open(local.all_descriptors, local.meta, local.shortlist_path())
+    shortlist = local.shortlist()
     joined = {(i, j) for i, j, _, _ in known}
     matrix = index.embeddings(model)
     found: list[tuple[int, int, int, float]] = []

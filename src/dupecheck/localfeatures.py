@@ -46,7 +46,7 @@ STRONG_INLIERS = 40  # this many need no spread: a subject in one spot is still 
 MIN_OVERLAP = 0.15  # the overlap covers at least this fraction of the smaller frame
 
 SHORTLIST_VOTES = 8  # photos verified from the descriptor votes
-SHORTLIST_GLOBAL = 4  # plus the best rows by cosine and by PDQ
+SHORTLIST_GLOBAL = 2  # plus the best rows by cosine and by PDQ
 SEARCH_NEIGHBOURS = 8  # descriptors looked up per candidate descriptor
 SHORTLIST_PROBES = 8  # inverted lists searched per descriptor (of up to 1024)
 # The stored (IVF-PQ) shortlist of a large index holds each photo's strongest 128
@@ -92,6 +92,19 @@ class Verification:
 
 
 _sift = None
+
+
+def preload(local: object | None = None) -> None:
+    """Import OpenCV and FAISS (~0.1 s) and open the store's shortlist, e.g. in a thread
+    while the index is verified and the model loads."""
+    import cv2  # noqa: F401
+    import faiss  # noqa: F401
+
+    if local is not None:
+        try:
+            local.shortlist()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - the check itself meets it again and says why
+            pass
 
 
 def _detector():  # type: ignore[no-untyped-def]
@@ -349,7 +362,8 @@ class Shortlist:
         if len(features) == 0 or self.index.ntotal == 0:  # type: ignore[attr-defined]
             return []
         k = min(SEARCH_NEIGHBOURS, int(self.index.ntotal))  # type: ignore[attr-defined]
-        dist, ids = self.index.search(as_unit_vectors(features.descriptors), k)  # type: ignore
+        queries = as_unit_vectors(features.descriptors[:SHORTLIST_FEATURES])  # the strongest
+        dist, ids = self.index.search(queries, k)  # type: ignore[attr-defined]
         background = dist[:, -1:] if k > 1 else np.full((len(dist), 1), np.inf)
         close = (dist < (RATIO * RATIO) * background) & (ids >= 0)
         if exclude is not None:

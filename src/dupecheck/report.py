@@ -65,6 +65,7 @@ def check_document(model: str, threshold: float, results: list[CheckResult]) -> 
                         "caption": m.photo.caption,
                         "carousel_index": m.photo.carousel_index,
                         "path": m.photo.path,
+                        "row": m.row,
                         "inliers": m.inliers,
                         "transform": m.transform.document() if m.transform else None,
                     }

@@ -93,24 +93,45 @@ def effective_threshold(explicit: float | None, calibrated: float | None,
     return calibrated if calibrated is not None else default
 
 
-def load_candidate(path: Path, spec: ModelSpec, local: bool = False) -> Candidate:
-    """Read, decode and hash one photo; ImageError (naming it) when it cannot be read.
-    With `local`, also take its local features (for `re-framed`)."""
+@dataclass(frozen=True)
+class Upload:
+    """A photo that arrived as bytes (an HTTP upload), named as its sender named it."""
+
+    name: str
+    data: bytes
+
+
+Source = Path | Upload
+
+
+def read_source(source: Source) -> tuple[str, bytes]:
+    """(name, bytes) of a photo file or an upload; ImageError (naming it) when unreadable."""
+    if isinstance(source, Upload):
+        if len(source.data) > MAX_CANDIDATE_BYTES:
+            raise ImageError(f"{len(source.data)} bytes, too large for a photo", source.name)
+        return source.name, source.data
+    path = source
     try:
         size = path.stat().st_size
         if size > MAX_CANDIDATE_BYTES:
             raise ImageError(f"{size} bytes, too large for a photo", path)
-        data = path.read_bytes()
+        return str(path), path.read_bytes()
     except IsADirectoryError as exc:
         raise ImageError("is a folder, not a photo", path) from exc
     except FileNotFoundError as exc:
         raise ImageError("no such file", path) from exc
     except OSError as exc:
         raise ImageError(exc.strerror or str(exc), path) from exc
-    photo = decode(data, str(path), draft=spec.draft_size)
+
+
+def load_candidate(source: Source, spec: ModelSpec, local: bool = False) -> Candidate:
+    """Read, decode and hash one photo; ImageError (naming it) when it cannot be read.
+    With `local`, also take its local features (for `re-framed`)."""
+    name, data = read_source(source)
+    photo = decode(data, name, draft=spec.draft_size)
     variants = crop_variants(photo.image)
     return Candidate(
-        path=str(path),
+        path=name,
         sha256=sha256_bytes(data),
         variants=[name for name, _ in variants],
         pdq=np.stack([pdq_hash(img) for _, img in variants]),
@@ -152,8 +173,7 @@ class Searcher:
         if local is None or self._shortlist is not None:
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupecheck-shortlist")
-        self._shortlist = pool.submit(Shortlist.open, local.all_descriptors, local.meta,
-                                      local.shortlist_path)
+        self._shortlist = pool.submit(local.shortlist)
         pool.shutdown(wait=False)
 
     def shortlist(self) -> Shortlist:
@@ -278,7 +298,7 @@ class Searcher:
 CHECK_CHUNK = 32  # photos decoded and embedded at a time: memory stays bounded for folders
 
 
-def check_photos(paths: list[Path], index: Index, spec: ModelSpec,
+def check_photos(paths: list[Source], index: Index, spec: ModelSpec,
                  engine: Engine | Callable[[], Engine], threshold: float,
                  top_k: int = DEFAULT_TOP_K,
                  not_matches: dict[str, set[str]] | None = None,
@@ -300,7 +320,8 @@ def check_photos(paths: list[Path], index: Index, spec: ModelSpec,
             try:
                 loaded.append(load_candidate(path, spec, local=searcher.local))
             except DupecheckError as exc:
-                loaded.append(CheckResult(str(path), None, error=str(exc)))
+                name = path.name if isinstance(path, Upload) else str(path)
+                loaded.append(CheckResult(name, None, error=str(exc)))
         candidates = [c for c in loaded if isinstance(c, Candidate)]
         if candidates and callable(engine) and not hasattr(engine, "embed_batch"):
             engine = engine()

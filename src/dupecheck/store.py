@@ -37,7 +37,14 @@ import numpy as np
 
 from .errors import IndexUnusable
 from .evidence import PDQ_BYTES
-from .localfeatures import DESCRIPTOR_DIM, LOCAL_FEATURES, LOCAL_VERSION, LocalFeatures, unpack
+from .localfeatures import (
+    DESCRIPTOR_DIM,
+    LOCAL_FEATURES,
+    LOCAL_VERSION,
+    LocalFeatures,
+    Shortlist,
+    unpack,
+)
 
 FORMAT = "dupecheck-index"
 SCHEMA_VERSION = 1
@@ -53,7 +60,7 @@ LOCAL_POINTS_FILE = "local-points.npy"  # (N, 256, 2) float16 keypoint positions
 LOCAL_META_FILE = "local-meta.npy"  # (N, 3) uint16: keypoints, width, height
 LOCAL_BLOCKS_FILE = "local-blocks.npy"  # (B, 32) uint8: SHA-256 of each block of rows
 LOCAL_SHORTLIST_FILE = "local-shortlist.faiss"  # FAISS's own format (no pickle); large only
-LOCAL_BLOCK_ROWS = 64  # rows per lazily verified block (~2 MB)
+LOCAL_BLOCK_ROWS = 16  # rows per lazily verified block (~0.5 MB: a check hashes ~12)
 ADDED_DIR = "added"  # copies of photos recorded by `dupecheck add`, named by their SHA-256
 
 
@@ -155,6 +162,8 @@ class LocalStore:
         self._points = _load_npy(points_path, mmap=True)
         self._verified: set[int] = set()
         self._shortlist_sha = files.get(LOCAL_SHORTLIST_FILE)
+        self._shortlist: Shortlist | None = None
+        self._shortlist_lock = threading.Lock()
         if (self.meta[:, 0] > LOCAL_FEATURES).any():
             raise IndexUnusable("keypoint counts out of range", gen_dir / LOCAL_META_FILE)
 
@@ -195,6 +204,14 @@ class LocalStore:
         path = self._dir / LOCAL_SHORTLIST_FILE
         _check_hash(path, self._shortlist_sha)
         return path
+
+    def shortlist(self) -> Shortlist:
+        """The descriptor shortlist, opened once (thread-safe: a second caller waits)."""
+        with self._shortlist_lock:
+            if self._shortlist is None:
+                self._shortlist = Shortlist.open(self.all_descriptors, self.meta,
+                                                 self.shortlist_path())
+            return self._shortlist
 
     def shortlist_bytes(self) -> np.ndarray | None:
         path = self.shortlist_path()

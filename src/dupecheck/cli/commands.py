@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,7 @@ from ..errors import (
     WeightsUnavailable,
 )
 from ..evidence import sha256_bytes
+from ..localfeatures import preload as preload_local_features
 from ..search import DEFAULT_TOP_K, NEW, check_photos, effective_threshold
 from ..store import Index, NotMatches, open_index
 from .app import app, err, error_boundary, out
@@ -145,6 +147,8 @@ def check(
     choose_engine(engine)
     photos = _photos_in(photos)
     index = open_index(index_dir)
+    if index.local is not None:  # OpenCV and FAISS import while the index is verified
+        threading.Thread(target=preload_local_features, daemon=True).start()
     spec = _index_model(index, model)
     weights_path = _weights_for(index, spec, weights)
     entry = index.models[spec.name]

@@ -1,0 +1,360 @@
+"""`dupecheck serve`: the same check, from the phone, as a private HTTP service.
+
+FastAPI over the library `check` uses (no second code path): the index and the model
+are loaded once and kept warm, a new index generation is picked up without a restart.
+Private by design: every endpoint but the health check needs a bearer token (stored
+hashed, compared in constant time, failed attempts rate-limited); uploads are read into
+memory under a size limit enforced while the body streams in, and never kept; archive
+photos are only reachable as thumbnails by row, so no path from a client touches the
+disk. Errors are JSON: {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import report
+from .archive import KIND_ADDED, Archive
+from .engines import Engine, ModelSpec
+from .errors import DupecheckError
+from .search import DEFAULT_TOP_K, Searcher, Upload, check_photos, effective_threshold
+from .store import CURRENT_FILE, Index, open_index
+from .tokens import TokenStore
+
+MAX_PHOTOS = 20  # per request
+THUMB_SIDE = 320
+FAILED_AUTH_LIMIT = 10  # failed attempts per client per minute, then 429
+PAIRING_SECONDS = 600  # a pairing code works once, for ten minutes
+CHECK_WORKERS = 2  # checks at once: the CPU's cores, not the thread pool's 40
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """413 for a request body over `max_bytes`: by its Content-Length when it says, and
+    counted while it streams in when it does not (or lies), never after."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the upload is over the {self.max_bytes // (1024 * 1024)} MB limit"
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _error(413, message)(scope, receive, send)
+            return
+        received = 0
+        over = False  # the body went over the limit: whatever the app answers, it is 413
+        answered = False
+
+        async def limited() -> dict:
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > self.max_bytes:
+                    over = True  # stop reading here: the app sees the client gone
+                    return {"type": "http.disconnect"}
+            return msg
+
+        async def replacing(msg: dict) -> None:
+            nonlocal answered
+            if not over:
+                await send(msg)
+            elif not answered:
+                answered = True
+                await _error(413, message)(scope, receive, send)
+
+        try:
+            await self.app(scope, limited, replacing)
+        except Exception:
+            if not over:
+                raise
+        if over and not answered:
+            await _error(413, message)(scope, receive, send)
+
+
+@dataclass
+class Pairing:
+    """A single-use, short-lived code the phone trades for a token (the QR code)."""
+
+    code: str
+    expires: float
+    used: bool = False
+
+    @classmethod
+    def new(cls) -> Pairing:
+        return cls(secrets.token_urlsafe(16), time.monotonic() + PAIRING_SECONDS)
+
+
+@dataclass
+class ServiceState:
+    """The index, its searcher and the warm engine; reloaded when CURRENT changes."""
+
+    index_dir: Path
+    spec: ModelSpec
+    engine: Engine
+    weights_sha256: str
+    tokens: TokenStore
+    engines_for_add: dict[str, tuple[ModelSpec, Callable[[], Engine]]] | None = None
+    pairing: Pairing | None = None
+    _current: str = ""
+    _index: Index | None = None
+    _searcher: Searcher | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _failures: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+
+    def index(self) -> tuple[Index, Searcher]:
+        pointer = (self.index_dir / CURRENT_FILE).read_text(errors="replace")
+        with self._lock:
+            if pointer != self._current or self._index is None or self._searcher is None:
+                index = open_index(self.index_dir)
+                entry = index.models.get(self.spec.name)
+                if entry is None or entry.weights_sha256 != self.weights_sha256:
+                    raise ApiError(503, "the index was rebuilt with other weights or without "
+                                        f"{self.spec.name}; restart `dupecheck serve`")
+                searcher = Searcher(index, self.spec.name)
+                searcher.prepare_local()
+                self._index, self._searcher, self._current = index, searcher, pointer
+            return self._index, self._searcher
+
+    def threshold(self, explicit: float | None) -> float:
+        index, _ = self.index()
+        entry = index.models[self.spec.name]
+        return effective_threshold(explicit, entry.threshold, self.spec.default_threshold)
+
+    def failed(self, client: str) -> bool:
+        """Record a failed attempt; True when the client is over the limit."""
+        now = time.monotonic()
+        attempts = self._failures[client]
+        attempts.append(now)
+        while attempts and attempts[0] < now - 60:
+            attempts.popleft()
+        return len(attempts) > FAILED_AUTH_LIMIT
+
+    def limited(self, client: str) -> bool:
+        now = time.monotonic()
+        attempts = self._failures.get(client) or deque()
+        return sum(1 for t in attempts if t >= now - 60) >= FAILED_AUTH_LIMIT
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def _safe_name(name: str | None, n: int) -> str:
+    """The uploaded file's own name, without any folder a client put in it."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if c.isprintable())[:200].strip()
+    return base or f"photo-{n}"
+
+
+def page_html() -> str:
+    return resources.files("dupecheck").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) -> Any:
+    """The FastAPI application, wrapped in the streaming body limit."""
+    app = FastAPI(title="dupecheck", version="1.0",
+                  description="Is this photo already on my Instagram? Private service: "
+                              "every endpoint but /api/health needs `Authorization: Bearer "
+                              "TOKEN` (`dupecheck token create NAME`).")
+    workers = anyio.CapacityLimiter(CHECK_WORKERS)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query"))
+            parts.append(f"{where}: {e.get('msg')}")
+        return _error(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(DupecheckError)
+    async def _dupecheck_error(request: Request, exc: DupecheckError) -> JSONResponse:
+        return _error(503 if exc.exit_code == 3 else 400, str(exc))
+
+    def authorise(request: Request) -> str:
+        client = _client(request)
+        if state.limited(client):
+            raise ApiError(429, "too many failed attempts; wait a minute")
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        name = state.tokens.verify(token.strip()) if scheme.lower() == "bearer" else None
+        if name is None:
+            state.failed(client)
+            raise ApiError(401, "a valid token is needed: `Authorization: Bearer TOKEN` "
+                                "(`dupecheck token create NAME`)")
+        return name
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(page_html(), headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                       "style-src 'self' 'unsafe-inline'; "
+                                       "script-src 'self' 'unsafe-inline'",
+            "Cache-Control": "no-store"})
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        index, _ = state.index()
+        return {"status": "ok", "photos": len(index)}
+
+    token = [Depends(authorise)]  # before the request is validated: 401 comes first
+
+    @app.get("/api/info", dependencies=token)
+    def info() -> dict[str, Any]:
+        index, _ = state.index()
+        return report.info_document(index)
+
+    async def uploads(photo: list[UploadFile]) -> list[Upload]:
+        if len(photo) > MAX_PHOTOS:
+            raise ApiError(422, f"photo: at most {MAX_PHOTOS} photos a request")
+        return [Upload(_safe_name(f.filename, n), await f.read())
+                for n, f in enumerate(photo, 1)]
+
+    @app.post("/api/check", dependencies=token)
+    async def check(
+                    photo: Annotated[list[UploadFile], File(description="One or more photos.")],
+                    top_k: Annotated[int, Form(ge=1, le=100)] = DEFAULT_TOP_K,
+                    threshold: Annotated[float | None, Form(gt=0.0, le=1.0)] = None
+                    ) -> JSONResponse:
+        """Exactly the document of `dupecheck check --json`; `photo` is the file's name."""
+        items = await uploads(photo)
+
+        def run() -> dict[str, Any]:
+            index, _ = state.index()
+            thr = state.threshold(threshold)
+            results = check_photos(list(items), index, state.spec, state.engine, thr, top_k)
+            if all(r.error for r in results):
+                raise ApiError(400, "; ".join(r.error or "" for r in results))
+            return report.check_document(state.spec.name, thr, results)
+
+        doc = await anyio.to_thread.run_sync(run, limiter=workers)
+        return JSONResponse(doc)
+
+    @app.post("/api/add", dependencies=token)
+    async def add(photo: Annotated[list[UploadFile], File()],
+                  caption: Annotated[str | None, Form(max_length=2200)] = None
+                  ) -> JSONResponse:
+        """Record photos as posted now, as `dupecheck add` does."""
+        items = await uploads(photo)
+        if state.engines_for_add is None:
+            raise ApiError(503, "adding is not available on this server")
+        engines = state.engines_for_add
+
+        def run() -> dict[str, Any]:
+            from .added import add_photos
+
+            summary = add_photos(state.index_dir, list(items), engines, caption)
+            if summary.errors and not summary.added and not summary.already:
+                raise ApiError(400, "; ".join(summary.errors))
+            return report.add_document(summary)
+
+        return JSONResponse(await anyio.to_thread.run_sync(run, limiter=workers))
+
+    @app.get("/api/thumb/{row}", responses={200: {"content": {"image/jpeg": {}}}},
+             dependencies=token)
+    def thumb(row: int) -> Response:
+        """A small JPEG of the archive photo at this row of the index."""
+        index, _ = state.index()
+        if not 0 <= row < len(index):
+            raise ApiError(404, f"no row {row} (the index has {len(index)} photos)")
+        data = _thumbnail(index.root, index.generation, tuple(index.archives), row,
+                          index.photos[row].path, index.photos[row].kind,
+                          index.photos[row].sha256)
+        if data is None:
+            raise ApiError(404, "the archive this photo came from cannot be read now")
+        return Response(data, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.post("/api/pair")
+    async def pair(request: Request) -> JSONResponse:
+        """Trade the single-use code from the QR code for a token of this phone's own."""
+        client = _client(request)
+        if state.limited(client):
+            raise ApiError(429, "too many failed attempts; wait a minute")
+        try:
+            code = str((await request.json()).get("code", ""))
+        except (ValueError, AttributeError):
+            code = ""
+        pairing = state.pairing
+        ok = (pairing is not None and not pairing.used and time.monotonic() < pairing.expires
+              and secrets.compare_digest(code.encode(), pairing.code.encode()))
+        if not ok or pairing is None:
+            state.failed(client)
+            raise ApiError(401, "this pairing code is wrong, used or expired; run "
+                                "`dupecheck serve --qr` again")
+        pairing.used = True
+        name = "paired-" + time.strftime("%Y%m%d-%H%M%S")
+        return JSONResponse({"token": state.tokens.create(name), "name": name})
+
+    return BodyLimit(app, max_upload_bytes)
+
+
+@functools.lru_cache(maxsize=512)
+def _thumbnail(root: Path, generation: str, archives: tuple[str, ...], row: int, path: str,
+               kind: str, sha256: str) -> bytes | None:
+    from .added import stored_copy
+    from .imaging import decode
+
+    try:
+        if kind == KIND_ADDED:
+            data = stored_copy(root, sha256)
+        else:
+            with Archive([Path(a) for a in archives]) as archive:
+                data = archive.read(path)
+        if data is None:
+            return None
+        img = decode(data, path, draft=THUMB_SIDE).image
+    except DupecheckError:
+        return None
+    img.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def openapi_document(app: Any) -> str:
+    return json.dumps(app.app.openapi())

@@ -1,0 +1,154 @@
+"""API tokens for `dupecheck serve`: shown once, stored only as SHA-256, revocable.
+
+The file lives in dupecheck's config dir (platformdirs; `--config DIR` or
+DUPECHECK_CONFIG overrides), mode 0600 in a 0700 folder. A running server re-reads
+it whenever it changes, so a revoked token stops working at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DupecheckError, UsageError
+
+TOKENS_FILE = "tokens.json"
+TOKEN_PREFIX = "dc_"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LAST_USED_EVERY_S = 60  # last-used times are written at most this often per token
+
+
+def default_config_dir() -> Path:
+    env = os.environ.get("DUPECHECK_CONFIG")
+    if env:
+        return Path(env)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("dupecheck"))
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    name: str
+    created: str
+    last_used: str | None
+
+
+class TokenError(DupecheckError):
+    """The token file cannot be read or written."""
+
+
+class TokenStore:
+    def __init__(self, config_dir: Path | None = None) -> None:
+        self.dir = Path(config_dir) if config_dir is not None else default_config_dir()
+        self.path = self.dir / TOKENS_FILE
+        self._cache: tuple[int, dict[str, dict[str, str | None]]] | None = None
+
+    # -- the file ---------------------------------------------------------------------
+
+    def _load(self) -> dict[str, dict[str, str | None]]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        if self._cache is not None and self._cache[0] == stat.st_mtime_ns:
+            return self._cache[1]
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            tokens = doc["tokens"]
+            if not isinstance(tokens, dict) or not all(
+                    isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                    for v in tokens.values()):
+                raise ValueError("malformed")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TokenError(f"unreadable ({exc}); delete it and create tokens anew",
+                             self.path) from exc
+        self._cache = (stat.st_mtime_ns, tokens)
+        return tokens
+
+    def _save(self, tokens: dict[str, dict[str, str | None]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(f".{TOKENS_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"version": 1, "tokens": tokens}, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+        self._cache = None
+
+    # -- what the commands do -----------------------------------------------------------
+
+    def create(self, name: str) -> str:
+        """A new token for `name`, returned once and never stored in the clear."""
+        if not NAME_PATTERN.match(name):
+            raise UsageError(f"token name {name!r}: use letters, digits, '.', '_' or '-' "
+                             f"(at most 64)")
+        tokens = dict(self._load())
+        if name in tokens:
+            raise UsageError(f"a token named {name!r} exists; revoke it first or pick "
+                             f"another name")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        tokens[name] = {"sha256": _digest(token), "created": _now(), "last_used": None}
+        self._save(tokens)
+        return token
+
+    def list(self) -> list[TokenInfo]:
+        return [TokenInfo(name, str(v.get("created") or ""), v.get("last_used"))
+                for name, v in sorted(self._load().items())]
+
+    def revoke(self, name: str) -> None:
+        tokens = dict(self._load())
+        if name not in tokens:
+            raise UsageError(f"no token named {name!r}")
+        del tokens[name]
+        self._save(tokens)
+
+    def __bool__(self) -> bool:
+        return bool(self._load())
+
+    def verify(self, token: str) -> str | None:
+        """The token's name, or None. Every stored hash is compared (constant time)."""
+        digest = _digest(token)
+        found = None
+        tokens = self._load()
+        for name, entry in tokens.items():
+            if hmac.compare_digest(digest, str(entry["sha256"])) and found is None:
+                found = name
+        if found is not None:
+            self._touch(found)
+        return found
+
+    def _touch(self, name: str) -> None:
+        tokens = dict(self._load())
+        last = tokens[name].get("last_used")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if last:
+            try:
+                seen = datetime.datetime.strptime(str(last), "%Y-%m-%dT%H:%M:%SZ").replace(
+                    tzinfo=datetime.timezone.utc)
+                if (now - seen).total_seconds() < LAST_USED_EVERY_S:
+                    return
+            except ValueError:
+                pass
+        tokens[name] = {**tokens[name], "last_used": _now()}
+        try:
+            self._save(tokens)
+        except OSError:
+            pass  # a last-used time is not worth failing a request

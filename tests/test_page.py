@@ -1,0 +1,140 @@
+"""The phone page in a real browser: Debian's chromium driven by selenium through Debian's
+chromium-driver, against `dupecheck serve`'s app on loopback (.ci/run installs both)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from typer.testing import CliRunner
+
+import tiny_engine
+from dupecheck.cli import app as cli_app
+from dupecheck.engines import load_engine
+from dupecheck.engines.weights import file_sha256
+from dupecheck.service import Pairing, ServiceState, create_app
+from dupecheck.store import open_index, republish
+from dupecheck.tokens import TokenStore
+from helpers import (
+    LAYOUT_DIRS,
+    PHOTOS,
+    instagramify,
+    jpeg_bytes,
+    post,
+    synthetic_photo,
+    write_tree,
+)
+
+TINY = tiny_engine.TINY
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
+                                reason="Debian's chromium and chromium-driver are not "
+                                       "installed (.ci/run installs them)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, tiny_weights):
+    import uvicorn
+
+    real = PHOTOS / "jpg__Canon_EOS_30D_(4).jpg"
+    original = real.read_bytes() if real.is_file() else jpeg_bytes(synthetic_photo(3, (900, 700)))
+    export = write_tree(tmp_path / "export", {
+        f"{LAYOUT_DIRS['D']}/posts_1.json": [
+            post("media/posts/1/posted.jpg", 1700000000, "Weekend walk <b>bold</b>"),
+            post("media/posts/1/other.jpg", 1700100000, "other")],
+        "media/posts/1/posted.jpg": instagramify(original),
+        "media/posts/1/other.jpg": jpeg_bytes(synthetic_photo(4))})
+    candidate = tmp_path / "IMG_0001.jpg"
+    candidate.write_bytes(original)
+    never = tmp_path / "never.jpg"
+    never.write_bytes(jpeg_bytes(synthetic_photo(99)))
+    idx = tmp_path / "idx"
+    result = CliRunner().invoke(cli_app, ["index", str(export), "--index", str(idx),
+                                          "--model", TINY.name, "--weights", str(tiny_weights)])
+    assert result.exit_code == 0, result.output
+    # The tiny test model's cosines mean little: `similar` off, as a calibrated 1.0 would.
+    index = open_index(idx)
+    republish(index, {n: replace(e, threshold=1.0) for n, e in index.models.items()})
+    engine = load_engine(TINY, tiny_weights)
+    state = ServiceState(idx, TINY, engine, file_sha256(tiny_weights),
+                         TokenStore(tmp_path / "config"), {TINY.name: (TINY, lambda: engine)})
+    state.pairing = Pairing.new()
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port,
+                                        log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", state, candidate, never
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=420,900",
+                f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_pair_by_link_then_check_a_photo_and_read_the_verdict(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, state, candidate, never = server
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{base}/#pair={state.pairing.code}")  # what the QR code holds
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Paired as"))
+    assert "#pair" not in browser.current_url  # the code leaves the address bar
+    assert state.pairing.used and len(state.tokens.list()) == 1
+    browser.find_element(By.ID, "photo").send_keys(str(candidate))
+    verdict = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".verdict")))
+    assert verdict.text.startswith("Already posted")
+    card = browser.find_element(By.CSS_SELECTOR, ".result")
+    assert "Posted on 2023-11-14 as a post" in card.text and "IMG_0001.jpg" in card.text
+    assert "Weekend walk <b>bold</b>" in card.text  # markup shown as text
+    wait.until(lambda d: d.execute_script(
+        "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+    # A photo never posted: "Not posted yet", and "I posted it" remembers it.
+    browser.find_element(By.ID, "photo").send_keys(str(never))
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".verdict"),
+                                                "Not posted yet"))
+    browser.find_element(By.XPATH, "//button[text()='I posted it']").click()
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".result button"),
+                                                "Remembered as posted"))
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []
+
+
+def test_without_a_token_the_page_asks_to_pair(server, browser):
+    from selenium.webdriver.common.by import By
+
+    base, *_ = server
+    browser.get(base + "/")
+    time.sleep(0.5)
+    assert browser.find_element(By.ID, "pairing").is_displayed()

@@ -1,0 +1,286 @@
+"""service.py, tokens.py and `serve` / `token`: the private service, through FastAPI's
+TestClient (the page in a real browser is tests/test_page.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+
+import anyio
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+import tiny_engine
+from dupecheck.cli import app as cli_app
+from dupecheck.engines import load_engine
+from dupecheck.engines.weights import file_sha256
+from dupecheck.service import FAILED_AUTH_LIMIT, Pairing, ServiceState, create_app
+from dupecheck.tokens import TokenStore
+from helpers import LAYOUT_DIRS, jpeg_bytes, png_declaring, post, synthetic_photo, write_tree
+
+TINY = tiny_engine.TINY
+runner = CliRunner()
+MAX_UPLOAD = 2 * 1024 * 1024
+
+
+@pytest.fixture
+def served(tmp_path, tiny_weights):
+    meta = LAYOUT_DIRS["D"]
+    files: dict[str, object] = {f"{meta}/posts_1.json": [
+        post(f"media/posts/1/{s}.jpg", 1700000000 + s, f"photo {s}") for s in (1, 2, 3)]}
+    files.update({f"media/posts/1/{s}.jpg": jpeg_bytes(synthetic_photo(s)) for s in (1, 2, 3)})
+    export = write_tree(tmp_path / "export", files)
+    idx = tmp_path / "idx"
+    result = runner.invoke(cli_app, ["index", str(export), "--index", str(idx), "--model",
+                                     TINY.name, "--weights", str(tiny_weights)])
+    assert result.exit_code == 0, result.output
+    tokens = TokenStore(tmp_path / "config")
+    token = tokens.create("phone")
+    engine = load_engine(TINY, tiny_weights)
+    state = ServiceState(idx, TINY, engine, file_sha256(tiny_weights), tokens,
+                         {TINY.name: (TINY, lambda: engine)})
+    client = TestClient(create_app(state, MAX_UPLOAD))
+    return client, token, state, export, tmp_path
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def upload(name: str, data: bytes):
+    return ("photo", (name, data, "image/jpeg"))
+
+
+def test_health_needs_no_token_and_everything_else_does(served):
+    client, token, *_ = served
+    assert client.get("/api/health").json() == {"status": "ok", "photos": 3}
+    for method, url in (("get", "/api/info"), ("get", "/api/thumb/0"), ("post", "/api/check")):
+        r = getattr(client, method)(url)
+        assert r.status_code == 401 and "token" in r.json()["error"]
+    r = client.get("/api/info", headers=auth("dc_wrong"))
+    assert r.status_code == 401 and set(r.json()) == {"error"}
+    info = client.get("/api/info", headers=auth(token)).json()
+    assert info["photos"] == 3 and TINY.name in info["models"]
+
+
+def test_check_answers_exactly_what_check_json_says(served):
+    client, token, state, export, tmp_path = served
+    photo = export / "media/posts/1/2.jpg"
+    copy = tmp_path / "IMG_0002.jpg"
+    copy.write_bytes(photo.read_bytes())
+    cli = runner.invoke(cli_app, ["check", str(copy), "--index", str(state.index_dir),
+                                  "--json"])
+    expected = json.loads(cli.stdout)
+    r = client.post("/api/check", headers=auth(token), files=[upload("IMG_0002.jpg",
+                                                                     copy.read_bytes())])
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["results"][0]["photo"] == "IMG_0002.jpg"
+    expected["results"][0]["photo"] = "IMG_0002.jpg"
+    assert doc == expected
+    assert doc["results"][0]["verdict"] == "exact"
+
+
+def test_several_photos_top_k_and_threshold(served):
+    client, token, _, export, _ = served
+    files = [upload("a.jpg", (export / "media/posts/1/1.jpg").read_bytes()),
+             upload("new.jpg", jpeg_bytes(synthetic_photo(77))),
+             upload("broken.jpg", b"\xff\xd8\xff\xe0 not really")]
+    r = client.post("/api/check", headers=auth(token), files=files,
+                    data={"top_k": "2", "threshold": "1.0"})
+    assert r.status_code == 200
+    a, new, broken = r.json()["results"]
+    assert (a["verdict"], new["verdict"], broken["verdict"]) == ("exact", "new", None)
+    assert len(a["matches"]) == 2 and r.json()["threshold"] == 1.0
+    assert "broken.jpg" in broken["error"]
+
+
+@pytest.mark.parametrize("data,status,text", [
+    ({"top_k": "0"}, 422, "top_k"), ({"top_k": "many"}, 422, "top_k"),
+    ({"threshold": "2"}, 422, "threshold"), ({"threshold": "0"}, 422, "threshold")])
+def test_bad_options_are_422_json(served, data, status, text):
+    client, token, *_ = served
+    r = client.post("/api/check", headers=auth(token), data=data,
+                    files=[upload("a.jpg", jpeg_bytes(synthetic_photo(1)))])
+    assert r.status_code == status and text in r.json()["error"]
+
+
+def test_unreadable_images_are_400_with_the_reason(served):
+    client, token, *_ = served
+    r = client.post("/api/check", headers=auth(token),
+                    files=[upload("bomb.png", png_declaring(40000, 40000))])
+    assert r.status_code == 400 and "bomb.png" in r.json()["error"]
+    assert "limit" in r.json()["error"] or "bomb" in r.json()["error"]
+    r = client.post("/api/check", headers=auth(token), files=[upload("x.jpg", b"hello")])
+    assert r.status_code == 400 and "not a photo" in r.json()["error"]
+    assert client.get("/api/health").status_code == 200  # still serving
+
+
+def test_an_upload_over_the_limit_is_413_while_it_streams(served):
+    client, token, *_ = served
+    big = b"\xff\xd8\xff" + os.urandom(MAX_UPLOAD)
+    r = client.post("/api/check", headers=auth(token), files=[upload("big.jpg", big)])
+    assert r.status_code == 413 and "MB limit" in r.json()["error"]
+
+    # No Content-Length, a body that never ends: driven through the ASGI interface itself
+    # (the test client would read it all first), the server must stop reading at ~2 MB.
+    pulled = 0
+
+    async def receive() -> dict:
+        nonlocal pulled
+        pulled += 1
+        if pulled == 1:
+            body = (b'--zz\r\nContent-Disposition: form-data; name="photo"; filename="a.jpg"'
+                    b"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8\xff")
+        else:
+            body = b"x" * (256 * 1024)
+        return {"type": "http.request", "body": body, "more_body": pulled < 65}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/api/check",
+             "raw_path": b"/api/check", "root_path": "", "query_string": b"",
+             "server": ("testserver", 80), "client": ("127.0.0.1", 1),
+             "headers": [(b"authorization", f"Bearer {token}".encode()),
+                         (b"content-type", b"multipart/form-data; boundary=zz"),
+                         (b"transfer-encoding", b"chunked")]}
+    anyio.run(client.app, scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    assert pulled < 16  # stopped after about 2 MB of the 16 offered
+    assert client.get("/api/health").status_code == 200
+
+
+def test_thumbnails_only_by_row(served):
+    client, token, *_ = served
+    r = client.get("/api/thumb/0", headers=auth(token))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(r.content)).size) <= 320
+    for bad in ("-1", "3", str(10**9)):
+        r = client.get(f"/api/thumb/{bad}", headers=auth(token))
+        assert r.status_code == 404 and "no row" in r.json()["error"]
+    r = client.get("/api/thumb/..%2F..%2Fetc%2Fpasswd", headers=auth(token))
+    assert r.status_code in (404, 422) and "error" in r.json()
+
+
+def test_a_path_in_the_file_name_reaches_no_disk(served):
+    client, token, state, _, tmp_path = served
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    r = client.post("/api/check", headers=auth(token),
+                    files=[upload("../../../tmp/evil/../x.jpg", jpeg_bytes(synthetic_photo(5)))])
+    assert r.status_code == 200 and r.json()["results"][0]["photo"] == "x.jpg"
+    r = client.post("/api/check", headers=auth(token),
+                    files=[upload("C:\\Users\\me\\IMG.jpg", jpeg_bytes(synthetic_photo(5)))])
+    assert r.json()["results"][0]["photo"] == "IMG.jpg"
+    after = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert [p for p in after if p not in before and "config" not in p] == []
+
+
+def test_a_revoked_token_stops_at_once_and_failures_are_rate_limited(served):
+    client, token, state, *_ = served
+    assert client.get("/api/info", headers=auth(token)).status_code == 200
+    TokenStore(state.tokens.dir).revoke("phone")  # another process, the running server
+    assert client.get("/api/info", headers=auth(token)).status_code == 401
+    other = TokenStore(state.tokens.dir).create("tablet")
+    for _ in range(FAILED_AUTH_LIMIT):
+        client.get("/api/info", headers=auth("dc_guess"))
+    r = client.get("/api/info", headers=auth(other))
+    assert r.status_code == 429 and "wait" in r.json()["error"]
+
+
+def test_a_new_generation_is_picked_up_without_a_restart(served, tiny_weights):
+    client, token, state, export, _ = served
+    (export / "media/posts/1/9.jpg").write_bytes(jpeg_bytes(synthetic_photo(9)))
+    result = runner.invoke(cli_app, ["index", str(export), "--index", str(state.index_dir),
+                                     "--model", TINY.name, "--weights", str(tiny_weights)])
+    assert result.exit_code == 0
+    assert client.get("/api/health").json()["photos"] == 4
+
+
+def test_pairing_is_single_use(served):
+    client, _, state, *_ = served
+    state.pairing = Pairing.new()
+    assert client.post("/api/pair", json={"code": "nope"}).status_code == 401
+    r = client.post("/api/pair", json={"code": state.pairing.code})
+    assert r.status_code == 200
+    paired = r.json()["token"]
+    assert client.get("/api/info", headers=auth(paired)).status_code == 200
+    assert client.post("/api/pair", json={"code": state.pairing.code}).status_code == 401
+    state.pairing = Pairing(code="x" * 22, expires=0.0)  # expired
+    assert client.post("/api/pair", json={"code": "x" * 22}).status_code == 401
+
+
+def test_add_through_the_api_then_check_finds_it(served):
+    client, token, *_ = served
+    data = jpeg_bytes(synthetic_photo(60))
+    r = client.post("/api/add", headers=auth(token), files=[upload("fresh.jpg", data)],
+                    data={"caption": "from the phone"})
+    assert r.status_code == 200 and r.json()["added"][0]["path"] == "uploaded/fresh.jpg"
+    doc = client.post("/api/check", headers=auth(token), files=[upload("again.jpg", data)],
+                      data={"threshold": "1.0"}).json()
+    top = doc["results"][0]["matches"][0]
+    assert doc["results"][0]["verdict"] == "exact" and top["kind"] == "added"
+    assert top["caption"] == "from the phone"
+    assert client.get(f"/api/thumb/{top['row']}", headers=auth(token)).status_code == 200
+
+
+def test_openapi_and_the_page(served):
+    client, *_ = served
+    schema = client.get("/openapi.json").json()
+    assert {"/api/check", "/api/health", "/api/info", "/api/thumb/{row}",
+            "/api/add"} <= set(schema["paths"])
+    page = client.get("/")
+    assert page.status_code == 200 and "<script>" in page.text
+    assert "http://" not in page.text.replace("http://www.w3.org", "")  # no CDN
+
+
+# -- tokens and the commands -------------------------------------------------------------
+
+
+def test_tokens_are_shown_once_and_stored_hashed_0600(tmp_path):
+    config = tmp_path / "config"
+    r = runner.invoke(cli_app, ["token", "create", "phone", "--config", str(config)])
+    assert r.exit_code == 0
+    token = r.stdout.strip()
+    assert token.startswith("dc_") and r.stdout == token + "\n"  # alone on stdout
+    stored = (config / "tokens.json").read_text()
+    assert token not in stored
+    assert stat.S_IMODE((config / "tokens.json").stat().st_mode) == 0o600
+    listed = runner.invoke(cli_app, ["token", "list", "--config", str(config)])
+    assert "phone" in listed.stdout and token not in listed.stdout
+    again = runner.invoke(cli_app, ["token", "create", "phone", "--config", str(config)])
+    assert again.exit_code == 2
+    assert TokenStore(config).verify(token) == "phone"
+    assert runner.invoke(cli_app, ["token", "revoke", "phone", "--config",
+                                   str(config)]).exit_code == 0
+    assert TokenStore(config).verify(token) is None
+    env = runner.invoke(cli_app, ["token", "list"], env={"DUPECHECK_CONFIG": str(config)})
+    assert "no tokens" in env.stdout
+
+
+def test_serve_refuses_to_start_without_a_token(served):
+    _, _, state, _, tmp_path = served
+    r = runner.invoke(cli_app, ["serve", "--index", str(state.index_dir), "--config",
+                                str(tmp_path / "empty-config")])
+    assert r.exit_code == 2 and "token create" in r.stderr
+
+
+def test_what_the_phone_shortcuts_send_and_read(served, shared_photos):
+    """README's recipes: iOS Shortcuts and Android's HTTP Shortcuts send one multipart
+    field `photo` (a HEIC straight from the camera roll) with the bearer header, and read
+    results -> 1 -> verdict (and matches -> 1 -> taken_at)."""
+    client, token, *_ = served
+    heic = (shared_photos / "heic__IMG_2927.HEIC").read_bytes()
+    r = client.post("/api/check", headers={"Authorization": f"Bearer {token}"},
+                    files={"photo": ("IMG_2927.HEIC", heic, "image/heic")})
+    assert r.status_code == 200
+    first = r.json()["results"][0]
+    assert first["photo"] == "IMG_2927.HEIC" and first["verdict"] == "new"
+    assert "taken_at" in first["matches"][0]
