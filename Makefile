@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all lint bench example clean
+.PHONY: demo test test-all lint bench bench-reframed load-serve example clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) scripts/bench.py
+
+bench-reframed: $(VENV)/.installed
+	$(PY) scripts/bench_reframed.py
+
+load-serve: $(VENV)/.installed
+	$(PY) scripts/load_serve.py
 
 example: $(VENV)/.installed
 	$(PY) scripts/make_example.py

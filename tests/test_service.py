@@ -284,3 +284,68 @@ def test_what_the_phone_shortcuts_send_and_read(served, shared_photos):
     first = r.json()["results"][0]
     assert first["photo"] == "IMG_2927.HEIC" and first["verdict"] == "new"
     assert "taken_at" in first["matches"][0]
+
+
+@pytest.fixture
+def live(served):
+    """The same app behind a real uvicorn on loopback, for what a test client cannot do."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    client, token, state, *_ = served
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield port, token
+    server.should_exit = True
+    thread.join(10)
+
+
+def _raw(port: int, head: bytes):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head)
+    return sock
+
+
+def test_a_2_gb_upload_is_refused_at_once_and_a_slow_one_blocks_no_one(live):
+    import time
+
+    import httpx
+
+    port, token = live
+    head = (f"POST /api/check HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: multipart/form-data; boundary=zz\r\n")
+    big = _raw(port, (head + "Content-Length: 2147483648\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+        chunk = big.recv(4096)  # before any of the 2 GB was sent
+        if not chunk:
+            break
+        data += chunk
+    big.close()
+    answer = data.decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 413") and "MB limit" in answer
+    # A client trickling its upload a few bytes at a time: others are still answered.
+    slow = _raw(port, (head + "Content-Length: 1000000\r\n\r\n--zz\r\n").encode())
+    try:
+        for _ in range(5):
+            slow.sendall(b"x" * 10)
+            start = time.monotonic()
+            r = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5)
+            assert r.status_code == 200 and time.monotonic() - start < 2
+            time.sleep(0.1)
+    finally:
+        slow.close()
+    assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200
