@@ -100,13 +100,13 @@ def render_check(console: Console, model: str, threshold: float,
             kind = m.photo.kind + (f" #{m.photo.carousel_index + 1}"
                                    if m.photo.carousel_index is not None else "")
             evidence = Text(m.evidence or "-", style=VERDICT_STYLE.get(m.evidence or "", "dim"))
-            if m.evidence == REFRAMED:
-                evidence.append(f"\n{describe_transform(m)}", style="dim")
-            elif m.evidence and m.variant != "full":
+            if m.evidence and m.evidence != REFRAMED and m.variant != "full":
                 evidence.append(f" ({m.variant})", style="dim")
             where = Text(shorten(m.photo.caption) or "(no caption)",
                          style="" if m.photo.caption else "dim")
             where.append("\n" + m.photo.path, style="dim")
+            if m.evidence == REFRAMED:
+                where.append(f"\nre-framed: {describe_transform(m)}", style="yellow")
             table.add_row(str(m.rank), f"{m.score:.3f}", str(m.pdq_distance), evidence, kind,
                           (m.photo.taken_at or "")[:10], where)
         console.print(table)
@@ -124,13 +124,14 @@ def render_check(console: Console, model: str, threshold: float,
 
 
 def describe_transform(m: Match) -> str:
-    """'84 inliers, 62% x 71% of it, 3.1 deg': where the photo sits in the archive photo."""
+    """Where the checked photo sits in the archive photo, in words."""
     if m.transform is None:
         return f"{m.inliers} inliers"
     x0, y0, x1, y1 = m.transform.box
-    turn = f", {m.transform.rotation_deg:+.1f} deg" if abs(m.transform.rotation_deg) >= 0.5 \
-        else ""
-    return f"{m.inliers} inliers, {x1 - x0:.0%} x {y1 - y0:.0%} of it{turn}"
+    turn = f", turned {m.transform.rotation_deg:+.1f} deg" \
+        if abs(m.transform.rotation_deg) >= 0.5 else ""
+    return (f"{m.inliers} inliers; this photo is {x1 - x0:.0%} x {y1 - y0:.0%} of the posted "
+            f"one{turn}")
 
 
 # -- index ---------------------------------------------------------------------------
