@@ -118,7 +118,8 @@ def write_html(path: Path, index: Index, model: str, threshold: float,
              f"</title><style>{_CSS}</style></head><body>",
              f"<h1>dupecheck</h1><p class='muted'>model {e(model)}; similar: "
              f"{'off' if threshold >= 1.0 else f'cosine &ge; {threshold:g}'}; "
-             f"near-identical: PDQ distance &le; 31 of 256 bits</p>"]
+             f"near-identical: PDQ distance &le; 31 of 256 bits; re-framed: local features "
+             f"verified geometrically (the box shows where the photo sits)</p>"]
     for result, cand, tiles in _thumbnails(index, results):
         verdict = result.verdict or "unreadable"
         parts.append(f"<section><h2>{e(result.photo)} <span class='verdict {e(verdict)}'>"
