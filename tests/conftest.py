@@ -50,54 +50,48 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_engine.write_weights(tmp_path_factory.mktemp("w") / "tiny.npy")
 
 
-@pytest.fixture(scope="session")
-def resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _resnet50_checkpoint(folder: Path, seed: int) -> Path:
     """Real ResNet-50 architecture, random weights, saved as torchvision saves its own."""
     import torch
     import torchvision
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "resnet50-random.pth"
+    torch.manual_seed(seed)
+    path = folder / "resnet50-random.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
     return path
 
 
-@pytest.fixture(scope="session")
-def other_resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    import torchvision
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("weights") / "resnet50-other.pth"
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def other_mobileclip_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(1)
-    model = open_clip.create_model("MobileCLIP-S2", pretrained=None)
-    path = tmp_path_factory.mktemp("weights") / "open_clip_model.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def mobileclip_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _mobileclip_checkpoint(folder: Path, seed: int) -> Path:
     """Real MobileCLIP-S2 (image and text towers), random weights, as a safetensors file."""
     import open_clip
     import torch
     from safetensors.torch import save_file
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = open_clip.create_model("MobileCLIP-S2", pretrained=None)
-    path = tmp_path_factory.mktemp("weights") / "open_clip_model.safetensors"
+    path = folder / "open_clip_model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _resnet50_checkpoint(tmp_path_factory.mktemp("weights"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _resnet50_checkpoint(tmp_path_factory.mktemp("weights"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def mobileclip_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _mobileclip_checkpoint(tmp_path_factory.mktemp("weights"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_mobileclip_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _mobileclip_checkpoint(tmp_path_factory.mktemp("weights"), seed=1)
 
 
 def pytest_report_header() -> str:

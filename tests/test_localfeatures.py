@@ -184,15 +184,20 @@ def test_a_large_index_stores_an_ivf_pq_shortlist_that_finds_the_same(monkeypatc
 # -- end to end on re-edits of real photos ------------------------------------------------
 
 
-def _reframed_run(shared_photos, tmp_path, part: str):
-    posted, never, seed = reedit_split(list(shared_photos.iterdir()), part)
+def _posted_index(tmp_path, posted, name="{:03d}.jpg"):
+    """The photos as Instagram posts them, in a plain folder, indexed with the test model."""
     folder = tmp_path / "export"
     folder.mkdir()
     for i, path in enumerate(posted):
-        (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
+        (folder / name.format(i)).write_bytes(instagramify(path.read_bytes()))
     weights = tiny_engine.write_weights(tmp_path / "tiny.npy")
     build_index([folder], tmp_path / "idx", tiny_engine.TINY, weights)
-    index = open_index(tmp_path / "idx")
+    return open_index(tmp_path / "idx"), weights
+
+
+def _reframed_run(shared_photos, tmp_path, part: str):
+    posted, never, seed = reedit_split(list(shared_photos.iterdir()), part)
+    index, weights = _posted_index(tmp_path, posted)
     assert index.local is not None
     cases = reedit_cases(posted, never, seed)
     paths = []
@@ -230,13 +235,7 @@ def test_edges_of_the_shortlist_and_the_rule_on_an_old_archive(shared_photos, tm
     from dupecheck.store import write_index
 
     posted = sorted(shared_photos.iterdir())[:3]
-    folder = tmp_path / "export"
-    folder.mkdir()
-    for i, path in enumerate(posted):
-        (folder / f"{i}.jpg").write_bytes(instagramify(path.read_bytes()))
-    weights = tiny_engine.write_weights(tmp_path / "tiny.npy")
-    build_index([folder], tmp_path / "idx", tiny_engine.TINY, weights)
-    index = open_index(tmp_path / "idx")
+    index, weights = _posted_index(tmp_path, posted, "{}.jpg")
     original = load(posted[1].read_bytes())
     w, h = original.size
     candidate = tmp_path / "recrop.jpg"

@@ -4,8 +4,6 @@ chromium-driver, against `dupecheck serve`'s app on loopback (.ci/run installs b
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
 import time
 from dataclasses import replace
 
@@ -25,6 +23,7 @@ from helpers import (
     instagramify,
     jpeg_bytes,
     post,
+    served_on_loopback,
     synthetic_photo,
     write_tree,
 )
@@ -37,16 +36,8 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
                                        "installed (.ci/run installs them)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path, tiny_weights):
-    import uvicorn
-
     real = PHOTOS / "jpg__Canon_EOS_30D_(4).jpg"
     original = real.read_bytes() if real.is_file() else jpeg_bytes(synthetic_photo(3, (900, 700)))
     export = write_tree(tmp_path / "export", {
@@ -70,17 +61,8 @@ def server(tmp_path, tiny_weights):
     state = ServiceState(idx, TINY, engine, file_sha256(tiny_weights),
                          TokenStore(tmp_path / "config"), {TINY.name: (TINY, lambda: engine)})
     state.pairing = Pairing.new()
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", state, candidate, never
-    srv.should_exit = True
-    thread.join(10)
+    with served_on_loopback(create_app(state)) as port:
+        yield f"http://127.0.0.1:{port}", state, candidate, never
 
 
 @pytest.fixture

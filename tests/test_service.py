@@ -20,7 +20,15 @@ from dupecheck.engines import load_engine
 from dupecheck.engines.weights import file_sha256
 from dupecheck.service import FAILED_AUTH_LIMIT, Pairing, ServiceState, create_app
 from dupecheck.tokens import TokenStore
-from helpers import LAYOUT_DIRS, jpeg_bytes, png_declaring, post, synthetic_photo, write_tree
+from helpers import (
+    LAYOUT_DIRS,
+    jpeg_bytes,
+    png_declaring,
+    post,
+    served_on_loopback,
+    synthetic_photo,
+    write_tree,
+)
 
 TINY = tiny_engine.TINY
 runner = CliRunner()
@@ -289,26 +297,9 @@ def test_what_the_phone_shortcuts_send_and_read(served, shared_photos):
 @pytest.fixture
 def live(served):
     """The same app behind a real uvicorn on loopback, for what a test client cannot do."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    client, token, state, *_ = served
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield port, token
-    server.should_exit = True
-    thread.join(10)
+    client, token, *_ = served
+    with served_on_loopback(client.app) as port:
+        yield port, token
 
 
 def _raw(port: int, head: bytes):
