@@ -14,8 +14,8 @@ from helpers import instagramify
 def test_unrelated_real_photos_stay_far_apart_and_portraits_meet_through_the_4_5_crop(
         shared_photos):
     """README: every pair of the 87 photos in ../shared is at least 90 bits apart; a
-    portrait posted with Instagram's 4:5 crop is far from its full frame but 0-2 bits from
-    its 4:5 crop."""
+    portrait posted with Instagram's 4:5 crop is far from its full frame (100 bits and
+    more at worst, over the threshold for most) but 0-2 bits from its 4:5 crop."""
     paths = sorted(shared_photos.iterdir())
     hashes, full, crop = [], [], []
     for path in paths:
@@ -34,4 +34,4 @@ def test_unrelated_real_photos_stay_far_apart_and_portraits_meet_through_the_4_5
     assert len(paths) == 87 and closest >= 90, closest
     assert len(full) >= 15
     assert max(crop) <= 2
-    assert max(full) >= 100 and sum(d > PDQ_MATCH_DISTANCE for d in full) >= 12, full
+    assert max(full) >= 100 and sum(d > PDQ_MATCH_DISTANCE for d in full) > len(full) / 2, full
