@@ -237,8 +237,22 @@ def test_model_input_matches_manual_computation(photo):
 
 def test_heic_from_a_phone_decodes(shared_photos):
     data = (shared_photos / "heic__IMG_2927.HEIC").read_bytes()
-    decoded = decode(data, "IMG_2927.HEIC", draft=512)
-    assert decoded.image.mode == "RGB" and min(decoded.image.size) > 500
+    full = decode(data, "IMG_2927.HEIC").image
+    decoded = decode(data, "IMG_2927.HEIC", draft=512).image
+    assert decoded.mode == "RGB" and full.size == (3024, 4032)
+    # Reduced once, by a whole factor, never below the request; the same photo to PDQ.
+    assert decoded.size == (-(-3024 // 5), -(-4032 // 5)) and min(decoded.size) >= 512
+    assert pdq_distances(pdq_hash(full)[None], pdq_hash(decoded))[0] <= 8
+
+
+def test_formats_without_a_draft_are_reduced_after_decoding():
+    big = synthetic_photo(5, (2400, 1800))
+    for fmt in ("PNG", "WEBP"):
+        small = decode(encode(big, fmt), f"big.{fmt.lower()}", draft=448).image
+        assert small.size == (2400 // 4, 1800 // 4)  # 1800 // 448 = 4
+        assert pdq_distances(pdq_hash(big)[None], pdq_hash(small))[0] <= PDQ_MATCH_DISTANCE
+    tiny = decode(encode(big.resize((600, 450)), "PNG"), "s.png", draft=448).image
+    assert tiny.size == (600, 450)  # already small: untouched
 
 
 def test_bytes_in_memory_only(photo):
