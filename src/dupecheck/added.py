@@ -21,11 +21,19 @@ import numpy as np
 
 from .archive import KIND_ADDED
 from .engines import Engine, ModelSpec
-from .errors import DupecheckError, IndexUnusable, UsageError
+from .errors import DupecheckError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
 from .formats import IMAGE_FORMATS, SNIFF_BYTES, sniff
 from .imaging import decode
-from .localfeatures import LocalFeatures, Shortlist, extract, pack, verify
+from .localfeatures import (
+    LocalFeatures,
+    Shortlist,
+    empty_features,
+    extract,
+    pack,
+    unpack,
+    verify,
+)
 from .search import Source, Upload, read_source
 from .store import (
     ADDED_DIR,
@@ -69,7 +77,7 @@ def collect_photos(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
                 if sniff(head) in IMAGE_FORMATS:
                     found.append(file)
                 else:
-                    problems.append(f"{file}: not a photo, skipped")
+                    problems.append(f"{file}: not a photo")
     return found, problems
 
 
@@ -207,9 +215,7 @@ def _publish_with(index: Index, prepared: list[_Prepared], caption: str | None) 
     if index.local is not None:
         old = local_arrays(index)
         assert old is not None
-        desc, points, meta = pack([p.features or LocalFeatures(
-            np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), (0, 0))
-            for p in prepared])
+        desc, points, meta = pack([p.features or empty_features() for p in prepared])
         local = extended_local(old, desc, points, meta)
     write_index(index.root, rows, pdq, embeddings, index.archives, local)
 
@@ -293,8 +299,6 @@ def held_by_export(added: Iterable[tuple[str, np.ndarray, LocalFeatures | None]]
                    export_local: LocalArrays | None) -> set[str]:
     """The content hashes of the added photos that the export holds: the same bytes, a PDQ
     within 31 bits, or re-framed (local features verified against the export's best)."""
-    from .localfeatures import unpack
-
     held: set[str] = set()
     shas = set(export_shas)
     shortlist = None
@@ -315,10 +319,3 @@ def held_by_export(added: Iterable[tuple[str, np.ndarray, LocalFeatures | None]]
                     break
     return held
 
-
-def require_index(index_dir: Path) -> Index:
-    try:
-        return open_index(index_dir)
-    except IndexUnusable as exc:
-        raise IndexUnusable(f"{exc.reason} (`add` records photos into an index of your "
-                            f"export)", exc.path) from exc

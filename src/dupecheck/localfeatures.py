@@ -23,10 +23,7 @@ from PIL import Image
 
 # -- constants: one place ---------------------------------------------------------------------
 
-LOCAL_MAX_SIDE = 512  # a checked photo's features are taken at this long side
-# An archive photo's at this one: half SIFT's cost at `index` (its pyramid starts at twice
-# the size), and the scale between the two is part of the fitted transform anyway.
-ARCHIVE_MAX_SIDE = 512
+LOCAL_MAX_SIDE = 512  # features are taken on the photo reduced to this long side
 LOCAL_FEATURES = 256  # the strongest keypoints kept per photo
 DESCRIPTOR_DIM = 128  # SIFT
 # RootSIFT components are at most sqrt(0.2) (SIFT clamps at 0.2 of its L2 norm, L1 >= L2),
@@ -94,17 +91,10 @@ class Verification:
 _sift = None
 
 
-def preload(local: object | None = None) -> None:
-    """Import OpenCV and FAISS (~0.1 s) and open the store's shortlist, e.g. in a thread
-    while the index is verified and the model loads."""
+def preload() -> None:
+    """Import OpenCV and FAISS (~0.1 s): LocalStore.prefetch does it in a thread."""
     import cv2  # noqa: F401
     import faiss  # noqa: F401
-
-    if local is not None:
-        try:
-            local.shortlist()  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - the check itself meets it again and says why
-            pass
 
 
 def _detector():  # type: ignore[no-untyped-def]
@@ -130,7 +120,7 @@ def reduce_for_features(img: Image.Image, max_side: int = LOCAL_MAX_SIDE) -> Ima
 
 def extract(img: Image.Image, max_side: int = LOCAL_MAX_SIDE) -> LocalFeatures:
     """RootSIFT features of an upright photo; a flat photo simply has few or none.
-    Archive photos are taken at ARCHIVE_MAX_SIDE, checked photos at LOCAL_MAX_SIDE."""
+    `max_side` other than LOCAL_MAX_SIDE is for measuring (scripts/bench_reframed.py)."""
     grey = reduce_for_features(img, max_side)
     pixels = np.asarray(grey, dtype=np.uint8)
     empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8),
@@ -278,7 +268,7 @@ def _valid_vectors(descriptors: np.ndarray, meta: np.ndarray, per_photo: int = L
 
 def ivf_lists(total: int) -> int:
     """Inverted lists for `total` descriptors: ~2 sqrt(n), at most 1024 (training stays
-    seconds; 16 probed lists of a 2.56M-descriptor index hold ~40k codes per query)."""
+    seconds; SHORTLIST_PROBES lists of a 1.28M-descriptor index hold ~10k codes)."""
     return int(min(1024, max(64, 2 * math.sqrt(total))))
 
 
@@ -333,15 +323,12 @@ class Shortlist:
         self.index = index
 
     @classmethod
-    def open(cls, descriptors_loader: object, meta: np.ndarray,
-             stored: np.ndarray | str | Path | Callable[[], Path | None] | None
-             ) -> Shortlist:
+    def open(cls, descriptors_loader: Callable[[], np.ndarray], meta: np.ndarray,
+             stored: np.ndarray | Path | None) -> Shortlist:
         """From a stored FAISS index (a verified file, memory-mapped: only the probed lists
         are read; or its bytes), else an exact one built from the descriptors."""
         import faiss
 
-        if callable(stored):  # verification deferred to this call (e.g. in a thread)
-            stored = stored()
         if stored is not None:
             if isinstance(stored, np.ndarray):
                 index = faiss.deserialize_index(stored)
@@ -349,7 +336,7 @@ class Shortlist:
                 index = faiss.read_index(str(stored), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             index.nprobe = SHORTLIST_PROBES
             return cls(index)
-        vectors, rows = _valid_vectors(descriptors_loader(), meta)  # type: ignore[operator]
+        vectors, rows = _valid_vectors(descriptors_loader(), meta)
         index = faiss.IndexIDMap(faiss.IndexFlatL2(DESCRIPTOR_DIM))
         if len(vectors):
             index.add_with_ids(vectors, rows)

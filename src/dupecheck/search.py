@@ -10,7 +10,6 @@ frame and as each crop that Instagram could have posted; the best variant counts
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from .localfeatures import (
     SHORTLIST_GLOBAL,
     SHORTLIST_VOTES,
     LocalFeatures,
-    Shortlist,
     Transform,
     Verification,
     extract,
@@ -159,27 +157,11 @@ class Searcher:
         self.rows_by_sha: dict[str, list[int]] = {}
         for row, photo in enumerate(index.photos):
             self.rows_by_sha.setdefault(photo.sha256, []).append(row)
-        self._shortlist: Future[Shortlist] | None = None
 
     @property
     def local(self) -> bool:
         """Whether this index can give `re-framed` evidence."""
         return self.index.local is not None
-
-    def prepare_local(self) -> None:
-        """Start opening the shortlist (import FAISS, verify and map its file) in a thread:
-        it overlaps with decoding the candidates and loading the model."""
-        local = self.index.local
-        if local is None or self._shortlist is not None:
-            return
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupecheck-shortlist")
-        self._shortlist = pool.submit(local.shortlist)
-        pool.shutdown(wait=False)
-
-    def shortlist(self) -> Shortlist:
-        self.prepare_local()
-        assert self._shortlist is not None
-        return self._shortlist.result()
 
     def reframed(self, features: LocalFeatures, extra_rows: list[int],
                  exclude: set[int]) -> dict[int, Verification]:
@@ -188,7 +170,7 @@ class Searcher:
         local = self.index.local
         if local is None or len(features) == 0:
             return {}
-        rows = self.shortlist().votes(features, SHORTLIST_VOTES)
+        rows = local.shortlist().votes(features, SHORTLIST_VOTES)
         found: dict[int, Verification] = {}
         for row in dict.fromkeys(rows + extra_rows):
             if row in exclude or row in found:
@@ -311,8 +293,9 @@ def check_photos(paths: list[Source], index: Index, spec: ModelSpec,
     validate_threshold(threshold)
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    if index.local is not None:
+        index.local.prefetch()
     searcher = Searcher(index, spec.name)
-    searcher.prepare_local()
     results: list[CheckResult] = []
     for start in range(0, len(paths), CHECK_CHUNK):
         loaded: list[Candidate | CheckResult] = []
@@ -371,7 +354,10 @@ def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float
     thresholds: dict[str, float] = {}
     ca = cb = None
     for spec, engine, threshold in models:
-        ca, cb = load_candidate(a, spec), load_candidate(b, spec)
+        first = ca is None  # local features do not depend on the model: taken once
+        ca, cb = load_candidate(a, spec, local=first), load_candidate(b, spec, local=first)
+        if first:
+            features = (ca.features, cb.features)
         va = embed_images(engine, ca.pixels, spec.batch_size)
         vb = embed_images(engine, cb.pixels, spec.batch_size)
         cosines[spec.name] = float(max((va @ vb[0]).max(), (vb @ va[0]).max()))
@@ -380,7 +366,8 @@ def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float
         from .engines import get_model_spec
 
         spec = get_model_spec("resnet50")
-        ca, cb = load_candidate(a, spec), load_candidate(b, spec)
+        ca, cb = load_candidate(a, spec, local=True), load_candidate(b, spec, local=True)
+        features = (ca.features, cb.features)
     a_vs_b = [int(pdq_distances(cb.pdq[:1], h)[0]) for h in ca.pdq]
     b_vs_a = [int(pdq_distances(ca.pdq[:1], h)[0]) for h in cb.pdq]
     best_a, best_b = int(np.argmin(a_vs_b)), int(np.argmin(b_vs_a))
@@ -389,8 +376,9 @@ def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float
     else:
         distance, variant = b_vs_a[best_b], f"{cb.variants[best_b]} of B"
     same = ca.sha256 == cb.sha256
-    check = verify(extract(decode(a.read_bytes(), str(a)).image),
-                   extract(decode(b.read_bytes(), str(b)).image))
+    fa, fb = features
+    assert fa is not None and fb is not None
+    check = verify(fa, fb)
     if same:
         verdict = EXACT
     elif distance <= PDQ_MATCH_DISTANCE:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import secrets
 import threading
 import time
@@ -147,8 +146,9 @@ class ServiceState:
                 if entry is None or entry.weights_sha256 != self.weights_sha256:
                     raise ApiError(503, "the index was rebuilt with other weights or without "
                                         f"{self.spec.name}; restart `dupecheck serve`")
+                if index.local is not None:
+                    index.local.prefetch()
                 searcher = Searcher(index, self.spec.name)
-                searcher.prepare_local()
                 self._index, self._searcher, self._current = index, searcher, pointer
             return self._index, self._searcher
 
@@ -157,14 +157,13 @@ class ServiceState:
         entry = index.models[self.spec.name]
         return effective_threshold(explicit, entry.threshold, self.spec.default_threshold)
 
-    def failed(self, client: str) -> bool:
-        """Record a failed attempt; True when the client is over the limit."""
+    def failed(self, client: str) -> None:
+        """Record a failed attempt (the last minute's are kept)."""
         now = time.monotonic()
         attempts = self._failures[client]
         attempts.append(now)
         while attempts and attempts[0] < now - 60:
             attempts.popleft()
-        return len(attempts) > FAILED_AUTH_LIMIT
 
     def limited(self, client: str) -> bool:
         now = time.monotonic()
@@ -355,6 +354,3 @@ def _thumbnail(root: Path, generation: str, archives: tuple[str, ...], row: int,
     img.save(buf, "JPEG", quality=80)
     return buf.getvalue()
 
-
-def openapi_document(app: Any) -> str:
-    return json.dumps(app.app.openapi())

@@ -43,6 +43,7 @@ from .localfeatures import (
     LOCAL_VERSION,
     LocalFeatures,
     Shortlist,
+    preload,
     unpack,
 )
 
@@ -133,14 +134,17 @@ class LocalArrays:
     shortlist: np.ndarray | None = None  # serialised FAISS index (uint8), for large indexes
 
 
+def _block_digest(descriptors: np.ndarray, points: np.ndarray, block: int) -> bytes:
+    rows = slice(block * LOCAL_BLOCK_ROWS, (block + 1) * LOCAL_BLOCK_ROWS)
+    digest = hashlib.sha256(np.ascontiguousarray(descriptors[rows]))
+    digest.update(np.ascontiguousarray(points[rows]))
+    return digest.digest()
+
+
 def _block_hashes(descriptors: np.ndarray, points: np.ndarray) -> np.ndarray:
-    count = len(descriptors)
-    hashes = np.zeros((-(-count // LOCAL_BLOCK_ROWS), 32), np.uint8)
-    for b, start in enumerate(range(0, count, LOCAL_BLOCK_ROWS)):
-        digest = hashlib.sha256(np.ascontiguousarray(descriptors[start:start + LOCAL_BLOCK_ROWS]))
-        digest.update(np.ascontiguousarray(points[start:start + LOCAL_BLOCK_ROWS]))
-        hashes[b] = np.frombuffer(digest.digest(), np.uint8)
-    return hashes
+    blocks = -(-len(descriptors) // LOCAL_BLOCK_ROWS)
+    return np.array([np.frombuffer(_block_digest(descriptors, points, b), np.uint8)
+                     for b in range(blocks)], np.uint8).reshape(blocks, 32)
 
 
 class LocalStore:
@@ -149,7 +153,6 @@ class LocalStore:
     verifies 16 photos reads 16 blocks, not the whole file, and never an unverified byte."""
 
     def __init__(self, gen_dir: Path, count: int, files: dict[str, str]) -> None:
-        self.count = count
         self._dir = gen_dir
         self.meta = _load_verified(gen_dir / LOCAL_META_FILE, np.dtype("<u2"), (count, 3), files)
         blocks = -(-count // LOCAL_BLOCK_ROWS)
@@ -164,6 +167,7 @@ class LocalStore:
         self._shortlist_sha = files.get(LOCAL_SHORTLIST_FILE)
         self._shortlist: Shortlist | None = None
         self._shortlist_lock = threading.Lock()
+        self._prefetching = False
         if (self.meta[:, 0] > LOCAL_FEATURES).any():
             raise IndexUnusable("keypoint counts out of range", gen_dir / LOCAL_META_FILE)
 
@@ -171,10 +175,8 @@ class LocalStore:
         if block in self._verified:
             return
         start = block * LOCAL_BLOCK_ROWS
-        digest = hashlib.sha256(np.ascontiguousarray(
-            self._descriptors[start:start + LOCAL_BLOCK_ROWS]))
-        digest.update(np.ascontiguousarray(self._points[start:start + LOCAL_BLOCK_ROWS]))
-        if digest.digest() != self.block_hashes[block].tobytes():
+        if _block_digest(self._descriptors, self._points, block) != \
+                self.block_hashes[block].tobytes():
             raise IndexUnusable(f"rows {start}-{start + LOCAL_BLOCK_ROWS - 1} do not match "
                                 f"their checksum (edited or damaged); re-run `dupecheck index "
                                 f"ARCHIVE --rebuild`", self._dir / LOCAL_DESCRIPTORS_FILE)
@@ -187,14 +189,16 @@ class LocalStore:
 
     def all_descriptors(self) -> np.ndarray:
         """Every row's descriptors (N, K, 128), every block verified (small indexes)."""
-        for block in range(len(self.block_hashes)):
-            self._verify_block(block)
+        self._verify_all()
         return np.asarray(self._descriptors)
 
     def all_points(self) -> np.ndarray:
+        self._verify_all()
+        return np.asarray(self._points)
+
+    def _verify_all(self) -> None:
         for block in range(len(self.block_hashes)):
             self._verify_block(block)
-        return np.asarray(self._points)
 
     def shortlist_path(self) -> Path | None:
         """The FAISS index written for a large index, verified by its SHA-256; None when the
@@ -212,6 +216,23 @@ class LocalStore:
                 self._shortlist = Shortlist.open(self.all_descriptors, self.meta,
                                                  self.shortlist_path())
             return self._shortlist
+
+    def prefetch(self) -> None:
+        """Import OpenCV and FAISS and open the shortlist in a thread, once: it overlaps
+        with verifying the index, loading the model and decoding the photos."""
+        with self._shortlist_lock:
+            if self._prefetching or self._shortlist is not None:
+                return
+            self._prefetching = True
+        threading.Thread(target=self._prefetch, name="dupecheck-shortlist",
+                         daemon=True).start()
+
+    def _prefetch(self) -> None:
+        try:
+            preload()
+            self.shortlist()
+        except Exception:  # noqa: BLE001 - the check meets it again in shortlist(), says why
+            pass
 
     def shortlist_bytes(self) -> np.ndarray | None:
         path = self.shortlist_path()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +24,6 @@ from ..errors import (
     WeightsUnavailable,
 )
 from ..evidence import sha256_bytes
-from ..localfeatures import preload as preload_local_features
 from ..search import DEFAULT_TOP_K, NEW, check_photos, effective_threshold
 from ..store import Index, NotMatches, open_index
 from .app import app, err, error_boundary, out
@@ -147,8 +145,8 @@ def check(
     choose_engine(engine)
     photos = _photos_in(photos)
     index = open_index(index_dir)
-    if index.local is not None:  # OpenCV and FAISS import while the index is verified
-        threading.Thread(target=preload_local_features, daemon=True).start()
+    if index.local is not None:  # OpenCV, FAISS, the shortlist: while the rest loads
+        index.local.prefetch()
     spec = _index_model(index, model)
     weights_path = _weights_for(index, spec, weights)
     entry = index.models[spec.name]
@@ -197,10 +195,10 @@ def check(
 
 def _photos_in(paths: list[Path]) -> list[Path]:
     """Folders expand to the photos inside; what is skipped there is said, one line each."""
-    from ..added import collect_photos
-
     if not any(p.is_dir() for p in paths):
         return paths
+    from ..added import collect_photos
+
     found, skipped = collect_photos(paths)
     for line in skipped:
         err.print(f"[yellow]skipped:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
