@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import tiny_engine  # registers the tiny-test model
-from helpers import ORIENTATION, PHOTOS, SHARED, jpeg_bytes, synthetic_photo
+from helpers import CHROMEDRIVER, CHROMIUM, ORIENTATION, PHOTOS, SHARED, jpeg_bytes, synthetic_photo
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,41 @@ def orientation_dir() -> Path:
 def photo_bytes():
     """photo_bytes(seed) -> a distinct JPEG."""
     return lambda seed, size=(640, 480): jpeg_bytes(synthetic_photo(seed, size))
+
+
+@pytest.fixture
+def cli():
+    """cli(*args, code=0) -> the CliRunner result of `dupecheck ARGS`, its exit code checked."""
+    from typer.testing import CliRunner
+
+    from dupecheck.cli import app
+
+    def run(*args: str, code: int | None = 0):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        if code is not None:
+            assert result.exit_code == code, (result.output, result.exception)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's chromium, headless, through chromium-driver; its console log kept."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=420,900",
+                "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
 
 
 @pytest.fixture

@@ -5,18 +5,25 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 PHOTOS = SHARED / "data" / "photos"
 ORIENTATION = SHARED / "data" / "orientation"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                    reason="Debian's chromium and chromium-driver are not "
+                                           "installed (.ci/run installs them)")
 
 
 def synthetic_photo(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:

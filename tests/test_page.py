@@ -3,7 +3,6 @@ chromium-driver, against `dupecheck serve`'s app on loopback (.ci/run installs b
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import replace
 
@@ -22,6 +21,7 @@ from helpers import (
     PHOTOS,
     instagramify,
     jpeg_bytes,
+    needs_chromium,
     post,
     served_on_loopback,
     synthetic_photo,
@@ -29,11 +29,7 @@ from helpers import (
 )
 
 TINY = tiny_engine.TINY
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="Debian's chromium and chromium-driver are not "
-                                       "installed (.ci/run installs them)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -63,24 +59,6 @@ def server(tmp_path, tiny_weights):
     state.pairing = Pairing.new()
     with served_on_loopback(create_app(state)) as port:
         yield f"http://127.0.0.1:{port}", state, candidate, never
-
-
-@pytest.fixture
-def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=420,900",
-                f"--user-data-dir={tmp_path / 'chrome'}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_pair_by_link_then_check_a_photo_and_read_the_verdict(server, browser):

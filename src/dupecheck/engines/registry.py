@@ -47,6 +47,8 @@ class ModelSpec:
     module: str | None = None
     # "module:function" returning a ready Engine, for models that are not torch modules.
     builder: str | None = None
+    # "module:function" returning the model's Vocabulary (engines/vocabulary.py): names motifs.
+    vocabulary: str | None = None
     weights: WeightsSource | None = None
     batch_size: int = 16  # images per forward pass; larger models take fewer
     channels_last: bool = True  # faster for convolutional nets in eager torch on CPU
@@ -102,6 +104,7 @@ register_model(ModelSpec(
     std=IMAGENET_STD,
     default_threshold=0.90,
     module="dupecheck.engines.torch_models:resnet50_module",
+    vocabulary="dupecheck.engines.torch_models:resnet50_vocabulary",
     weights=WeightsSource(
         filename="resnet50-11ad3fa6.pth",
         cache="torch-hub",
@@ -119,6 +122,7 @@ register_model(ModelSpec(
     default_threshold=0.92,
     batch_size=8,
     module="dupecheck.engines.torch_models:mobileclip_s2_module",
+    vocabulary="dupecheck.engines.torch_models:mobileclip_s2_vocabulary",
     weights=WeightsSource(
         filename="open_clip_model.safetensors",
         cache="huggingface",

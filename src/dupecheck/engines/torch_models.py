@@ -141,3 +141,47 @@ def download_to_torch_hub(url: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     torch.hub.download_url_to_file(url, str(dest), progress=True)
     return dest
+
+
+def resnet50_vocabulary(weights: Path, spec: ModelSpec):  # -> Vocabulary
+    """ImageNet's 1000 classes, scored by the classifier the embedding drops (its `fc`),
+    read from the same checkpoint. The index holds L2-normalised features, so the score is
+    the class direction's dot product, without the bias (a feature's length is not kept)."""
+    from torchvision.models import ResNet50_Weights
+
+    from .vocabulary import Vocabulary
+
+    state = load_state_dict(weights)
+    try:
+        matrix = state["fc.weight"].float().numpy()
+    except KeyError:
+        raise WeightsUnavailable(f"not a {spec.name} checkpoint (no fc.weight)", weights) \
+            from None
+    labels = tuple(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+    if matrix.shape != (len(labels), spec.dim):
+        raise WeightsUnavailable(f"not a {spec.name} checkpoint (fc.weight is "
+                                 f"{tuple(matrix.shape)})", weights)
+    return Vocabulary(labels, np.ascontiguousarray(matrix, np.float32))
+
+
+def mobileclip_s2_vocabulary(weights: Path, spec: ModelSpec):  # -> Vocabulary
+    """Everyday photo subjects, each read by MobileCLIP-S2's own text tower as "a photo of
+    ...": CLIP's zero-shot labels, L2-normalised like the image embeddings."""
+    import open_clip
+
+    from .vocabulary import PHOTO_SUBJECTS, SUBJECT_PROMPT, Vocabulary
+
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        model = open_clip.create_model("MobileCLIP-S2", pretrained=None)
+    finally:
+        quiet.setLevel(level)
+    _load_into(model, weights, spec)
+    tokenizer = open_clip.get_tokenizer("MobileCLIP-S2")
+    with torch.inference_mode():
+        text = model.eval().encode_text(tokenizer([SUBJECT_PROMPT.format(s)
+                                                   for s in PHOTO_SUBJECTS]))
+        text = torch.nn.functional.normalize(text.float(), dim=1)
+    return Vocabulary(tuple(PHOTO_SUBJECTS), np.ascontiguousarray(text.numpy(), np.float32))
