@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # not needed on the check path
     from .analysis import DuplicateGroup, SimilarityStats
     from .calibrate import Calibration
     from .indexer import IndexSummary
+    from .photomap import ArchiveMap
 
 CAPTION_WIDTH = 48
 VERDICT_STYLE = {EXACT: "bold red", NEAR_IDENTICAL: "bold red", REFRAMED: "bold red",
@@ -360,3 +361,41 @@ def render_calibration(console: Console, results: list[Calibration]) -> None:
             caught.add_row(name, *[str(tally.get(k, 0)) for k in
                                    (EXACT, NEAR_IDENTICAL, REFRAMED, SIMILAR, "missed")])
         console.print(caught)
+
+
+# -- map -------------------------------------------------------------------------------
+
+
+def map_document(amap: ArchiveMap, index: Index, files: dict[str, str]) -> dict[str, Any]:
+    """`map --json`: where each photo sits, and the motifs."""
+    from .photomap import NAME_NOTE
+
+    return {
+        "model": amap.model,
+        "seed": amap.seed,
+        "named_by": amap.named_by,
+        "note": NAME_NOTE if amap.named_by else None,
+        "points": [{"row": row, "x": round(float(x), 6), "y": round(float(y), 6),
+                    "motif": int(amap.motif_of[row]), "path": p.path,
+                    "taken_at": p.taken_at, "kind": p.kind}
+                   for row, ((x, y), p) in enumerate(zip(amap.xy, index.photos, strict=True))],
+        "motifs": [{"id": m.id, "name": m.name, "count": m.count, "labels": m.labels,
+                    "photos": m.rows} for m in amap.motifs],
+        "duplicate_groups": amap.duplicate_groups,
+        "files": files,
+    }
+
+
+def render_map(console: Console, amap: ArchiveMap, files: dict[str, str]) -> None:
+    from .photomap import NAME_NOTE
+
+    console.print(Text.assemble((f"{len(amap.xy)} photos", "bold"), " in ",
+                                (f"{len(amap.motifs)} motifs", "bold"),
+                                f" ({amap.model}; {NAME_NOTE if amap.named_by else 'numbered'})"))
+    for m in sorted(amap.motifs, key=lambda m: -m.count):
+        console.print(Text.assemble(f"  {m.count:>6}  ", (m.name, "dim" if m.name == "other"
+                                                          else "")))
+    if amap.duplicate_groups:
+        console.print(f"  {len(amap.duplicate_groups)} groups of the same photo, joined by lines")
+    for what, where in files.items():
+        console.print(Text.assemble(f"{what}: ", (where, "bold")))

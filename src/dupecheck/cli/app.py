@@ -72,4 +72,4 @@ def main() -> None:
     sys.exit(app())
 
 
-from . import analysis, commands, serve  # noqa: E402,F401  (registers the commands on import)
+from . import analysis, commands, mapping, serve  # noqa: E402,F401  (registers the commands on import)
