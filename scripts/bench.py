@@ -56,6 +56,13 @@ def machine() -> dict[str, object]:
             "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
 
+def save(doc: dict[str, object], out: Path) -> int:
+    """Write the run's figures as JSON (what benchmarks/ keeps) and say where."""
+    out.write_text(json.dumps(doc, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     print(f"\n{title}")
@@ -408,9 +415,7 @@ def main() -> int:
             doc["search"] = bench_search(work, args.max_rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.write_text(json.dumps(doc, indent=2))
-    print(f"\nwrote {args.out}")
-    return 0
+    return save(doc, args.out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench import machine, random_weights, run_measured, table  # noqa: E402
+from bench import machine, random_weights, run_measured, save, table  # noqa: E402
 
 from dupecheck import localfeatures as lf  # noqa: E402
 from dupecheck.engines import MODELS  # noqa: E402
@@ -225,9 +225,7 @@ def main() -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    args.out.write_text(json.dumps(doc, indent=2))
-    print(f"\nwrote {args.out}")
-    return 0
+    return save(doc, args.out)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench import machine, random_weights, run_measured, synthetic_index, table  # noqa: E402
+from bench import machine, random_weights, run_measured, save, synthetic_index, table  # noqa: E402
 
 import tiny_engine  # noqa: E402  (weight-free evidence: the embedding is off in section 1)
 from dupecheck import localfeatures as lf  # noqa: E402
@@ -273,9 +273,7 @@ def main() -> int:
             doc["cpu_per_photo"] = cpu_per_photo(args.photos, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.write_text(json.dumps(doc, indent=2))
-    print(f"\nwrote {args.out}")
-    return 0
+    return save(doc, args.out)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The model is only loaded when something new needs embedding.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,16 +23,19 @@ from .archive import (
     KIND_ADDED,
     KIND_PHOTO,
     KIND_UNLISTED,
+    Archive,
     PhotoRecord,
     Problem,
     scan_archive,
 )
-from .engines import Engine, ModelSpec, load_engine
+from .engines import Engine, ModelSpec, embed_images, load_engine
+from .engines.quantize import MIN_PHOTOS, calibration_id, measure_fidelity, split_sample
 from .engines.weights import file_sha256
 from .errors import ArchiveError, ImageError, IndexUnusable
 from .evidence import PDQ_BYTES, pdq_hash, sha256_bytes
 from .imaging import decode
 from .localfeatures import LocalFeatures, build_shortlist, empty_features, extract, pack
+from .precision import FP32, INT8, index_pixels, load_int8_engine
 from .store import (
     Index,
     IndexedPhoto,
@@ -70,6 +74,9 @@ class IndexSummary:
     archives: list[str] = field(default_factory=list)
     added_replaced: int = 0  # photos added since an export, now held by this export
     added_kept: list[str] = field(default_factory=list)  # added photos it does not hold
+    precision: str = "fp32"  # what the embeddings were made with
+    int8_fidelity: dict[str, object] | None = None  # the gate's figures, when it ran
+    precision_note: str | None = None  # why int8 was asked for and fp32 used
 
 
 @dataclass
@@ -83,8 +90,12 @@ class _Prepared:
     features: LocalFeatures | None
 
 
-def staging_key(spec: ModelSpec, weights_sha256: str) -> str:
-    return f"{spec.name}-{weights_sha256[:16]}-p{spec.preprocessing_version}"
+def staging_key(spec: ModelSpec, weights_sha256: str,
+                calibration: Sequence[str] | None = None) -> str:
+    """Batches staged by one model, weights, preprocessing and precision (int8: one
+    calibration): an interrupted run resumes only with embeddings it can mix."""
+    key = f"{spec.name}-{weights_sha256[:16]}-p{spec.preprocessing_version}"
+    return key if calibration is None else f"{key}-int8-{calibration_id(calibration)[:12]}"
 
 
 def ordered_pool_map(func: Callable[[T], R], items: Iterable[T], workers: int,
@@ -116,11 +127,15 @@ def build_index(
     engine_loader: EngineLoader | None = None,
     workers: int | None = None,
     local_features: bool = True,
+    precision: str = FP32,
 ) -> IndexSummary:
     """Make the index hold exactly the photos of `archives`, embedded with `spec`.
 
     With `local_features` (the default) every photo's local features are stored too, for
-    the `re-framed` evidence; they are reused by content like the embeddings."""
+    the `re-framed` evidence; they are reused by content like the embeddings. With
+    `precision` int8 the model is quantized on a sample of these photos and used only if
+    it passes the fidelity gate (engines/quantize.py); else fp32, and the summary says
+    why."""
     workers = workers or default_workers()
     archive, scan = scan_archive(archives)
     summary = IndexSummary(
@@ -131,9 +146,8 @@ def build_index(
     with archive, writer_lock(index_dir):
         previous = _previous_index(index_dir, rebuild)
         weights_sha = file_sha256(weights)
-        _refuse_mismatch(previous, spec, weights_sha, rebuild)
+        _refuse_mismatch(previous, spec, weights_sha, rebuild, precision)
         loader = engine_loader or (lambda s, w: load_engine(s, w, engine, weights_sha))
-        staging = Staging(index_dir, staging_key(spec, weights_sha))
 
         # 1. Content hashes of every photo (cheap: no decoding).
         def hash_one(record: PhotoRecord) -> tuple[PhotoRecord, str | None, str | None]:
@@ -151,6 +165,26 @@ def build_index(
                 hashed.append((record, sha))
             if progress:
                 progress("reading", n, len(scan.photos))
+
+        calibration: list[str] | None = None
+        if precision == INT8 and engine_loader is None:
+            prev_entry = previous.models.get(spec.name) if previous is not None else None
+            if prev_entry is not None and prev_entry.calibration:
+                calibration = prev_entry.calibration  # the same int8 model as before
+                ready = previous
+
+                def pixels_of(shas: Sequence[str]) -> np.ndarray:
+                    return index_pixels(ready, spec, shas)
+            else:
+                calibration, pixels_of = _choose_int8(archive, hashed, spec, weights,
+                                                      weights_sha, summary, progress)
+            if calibration is None:
+                precision = FP32
+            else:
+                loader = functools.partial(_int8_loader, weights_sha=weights_sha,
+                                           calibration=calibration, pixels_of=pixels_of)
+        summary.precision = precision
+        staging = Staging(index_dir, staging_key(spec, weights_sha, calibration))
 
         # 2. What is already known, by content.
         known_pdq: dict[str, np.ndarray] = {}
@@ -246,7 +280,8 @@ def build_index(
                   else np.zeros((0, spec.dim), np.float32))
         entry = ModelEntry(spec.name, spec.dim, weights_sha, str(Path(weights).resolve()),
                            spec.preprocessing,
-                           threshold=_kept_threshold(previous, spec.name, weights_sha))
+                           threshold=_kept_threshold(previous, spec.name, weights_sha),
+                           precision=precision, calibration=calibration)
         embeddings = {spec.name: (entry, matrix)}
         if previous is not None:
             embeddings.update(_realign_other_models(previous, spec.name, shas, summary))
@@ -254,6 +289,60 @@ def build_index(
         staging.clear_all()
         summary.photos = len(rows)
     return summary
+
+
+def _int8_loader(spec: ModelSpec, weights: Path, *, weights_sha: str,
+                 calibration: Sequence[str],
+                 pixels_of: Callable[[Sequence[str]], np.ndarray]) -> Engine:
+    return load_int8_engine(spec, weights, weights_sha, calibration, pixels_of)
+
+
+def _choose_int8(archive: Archive, hashed: list[tuple[PhotoRecord, str]], spec: ModelSpec,
+                 weights: Path, weights_sha: str, summary: IndexSummary,
+                 progress: ProgressHook | None
+                 ) -> tuple[list[str] | None, Callable[[Sequence[str]], np.ndarray]]:
+    """Quantize on a sample of the archive and run the fidelity gate: (calibration photos,
+    their reader) when int8 passed, (None, ...) when fp32 must be used (summary says why)."""
+    record_of = {sha: record for record, sha in hashed}
+
+    def readable(shas: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        used, pixels = [], []
+        for sha in shas:
+            try:
+                photo = decode(archive.read(record_of[sha].path), record_of[sha].path,
+                               draft=spec.archive_draft_size)
+            except (ArchiveError, ImageError):
+                continue  # the index run reports it; the sample goes on without it
+            used.append(sha)
+            pixels.append(spec.to_input(photo.image))
+        return used, (np.stack(pixels) if pixels else np.zeros((0, 3, spec.crop, spec.crop)))
+
+    def pixels_of(shas: Sequence[str]) -> np.ndarray:
+        return readable(shas)[1]
+
+    calibration, gate = split_sample(list(record_of))
+    if progress:
+        progress("int8", 0, 1)
+    calibration, calibration_pixels = readable(calibration)
+    gate, gate_pixels = readable(gate)
+    if len(set(calibration) | set(gate)) < MIN_PHOTOS:
+        summary.precision_note = (f"int8 needs at least {MIN_PHOTOS} readable photos to show "
+                                  f"that it follows fp32; this archive has "
+                                  f"{len(set(calibration) | set(gate))}: fp32 used")
+        return None, pixels_of
+    fp32 = load_engine(spec, weights, "onnx", weights_sha)
+    int8 = load_int8_engine(spec, weights, weights_sha, calibration,
+                            lambda _shas: calibration_pixels)
+    fidelity = measure_fidelity(
+        lambda x: embed_images(fp32, x, spec.batch_size),
+        lambda x: embed_images(int8, x, spec.batch_size), gate_pixels)
+    summary.int8_fidelity = fidelity.document()
+    if progress:
+        progress("int8", 1, 1)
+    if not fidelity.passed:
+        summary.precision_note = f"{fidelity.reason()}: fp32 used"
+        return None, pixels_of
+    return calibration, pixels_of
 
 
 def _previous_index(index_dir: Path, rebuild: bool) -> Index | None:
@@ -267,10 +356,15 @@ def _previous_index(index_dir: Path, rebuild: bool) -> Index | None:
 
 
 def _refuse_mismatch(previous: Index | None, spec: ModelSpec, weights_sha: str,
-                     rebuild: bool) -> None:
+                     rebuild: bool, precision: str = FP32) -> None:
     if previous is None or rebuild or spec.name not in previous.models:
         return
     entry = previous.models[spec.name]
+    if entry.precision != precision:
+        raise IndexUnusable(
+            f"this index's {spec.name} embeddings are {entry.precision}, not {precision}: an "
+            f"index never mixes them; pass --rebuild to embed everything again at "
+            f"{precision}, or --precision {entry.precision}", previous.root)
     if entry.weights_sha256 != weights_sha:
         raise IndexUnusable(
             f"this index's {spec.name} embeddings were made with other weights "

@@ -25,7 +25,7 @@ from .store import Index
 PCA_COMPONENTS = 50
 MAX_PERPLEXITY = 30.0
 # t-SNE iterations after openTSNE's 250 of early exaggeration (its default is 500). On
-# 10,000 photos here 250 take 18 s against 32 s, and keep as many of each photo's 10
+# 10,000 photos here 250 took 17 s against 56 s, and kept nearly as many of each photo's 10
 # nearest neighbours (23% against 24%; scripts/bench_map.py).
 TSNE_ITERATIONS = 250
 AUTO_K_RANGE = (2, 16)  # K tried by `--motifs auto`

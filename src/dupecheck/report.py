@@ -160,7 +160,14 @@ def render_index_summary(console: Console, summary: IndexSummary) -> None:
         table.add_row(label, str(value))
     console.print(table)
     layouts = ", ".join(summary.layouts) or "none"
-    console.print(f"[dim]layout {layouts}; index at {escape(summary.index)}[/dim]")
+    console.print(f"[dim]layout {layouts}; {summary.precision}; index at "
+                  f"{escape(summary.index)}[/dim]")
+    if summary.int8_fidelity and summary.precision == "int8":
+        f = summary.int8_fidelity
+        console.print(f"int8: cosine to fp32 >= {f['min_cosine']:.4f}, same nearest "
+                      f"neighbour for {f['top1_agreement']:.1%} of {f['photos']} of your photos")
+    if summary.precision_note:
+        console.print(f"[yellow]{escape(summary.precision_note)}[/yellow]")
     if summary.added_replaced:
         console.print(f"{summary.added_replaced} photo(s) you added since the last export are "
                       f"in this export now: its records replace them")

@@ -91,6 +91,8 @@ class ModelEntry:
     weights_path: str
     preprocessing: str
     threshold: float | None = None  # calibrated by the person; None means the model default
+    precision: str = "fp32"  # "int8": made by the int8 model calibrated on `calibration`
+    calibration: list[str] | None = None  # content hashes of the int8 calibration photos
 
 
 @dataclass

@@ -14,6 +14,7 @@ from ..engines import DEFAULT_MODEL, MODELS, get_model_spec, load_engine
 from ..engines.base import choose_engine
 from ..engines.weights import resolve_weights
 from ..errors import EXIT_OK, EXIT_POSTED, WeightsUnavailable
+from ..precision import engine_for
 from ..search import NEW, effective_threshold
 from ..store import open_index, republish
 from .app import app, err, error_boundary, out
@@ -117,7 +118,7 @@ def calibrate(
         for name in names:
             spec = get_model_spec(name)
             path = _weights_for(index, spec, weights if model else None)
-            runner = load_engine(spec, path, engine, index.models[name].weights_sha256)
+            runner = engine_for(index, spec, path, engine)
             task = bar.add_task(f"{name}", total=min(sample, len(index)))
             in_force = effective_threshold(None, index.models[name].threshold,
                                            spec.default_threshold)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import report
 from ..archive import Archive
-from ..engines import DEFAULT_MODEL, ModelSpec, get_model_spec, load_engine
+from ..engines import DEFAULT_MODEL, ModelSpec, get_model_spec
 from ..engines.base import choose_engine
 from ..engines.weights import file_sha256, resolve_weights
 from ..errors import (
@@ -24,6 +24,7 @@ from ..errors import (
     WeightsUnavailable,
 )
 from ..evidence import sha256_bytes
+from ..precision import engine_for
 from ..search import DEFAULT_TOP_K, NEW, check_photos, effective_threshold
 from ..store import Index, NotMatches, open_index
 from .app import app, err, error_boundary, out
@@ -56,12 +57,19 @@ def index(
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Start this index anew instead of refusing a mismatched one.")] = False,
     engine: EngineName = "auto",
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32, or int8 (resnet50 on the ONNX engine: quantized on a "
+        "sample of your photos, used only if it follows fp32 on them, else fp32 and why)."
+    )] = "fp32",
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
     """Index an Instagram export: the index then holds exactly these archives' photos."""
+    from ..precision import check_precision
+
     spec = get_model_spec(model or DEFAULT_MODEL)
     choose_engine(engine)
+    check_precision(spec, precision, engine)
     Archive(archives).close()  # unreadable archives are bad usage (2), before any weights (3)
     weights_path = resolve_weights(spec, weights)
     with _progress(quiet or json_out) as bar:
@@ -75,7 +83,7 @@ def index(
         from ..indexer import build_index
 
         summary = build_index(archives, index_dir, spec, weights_path, rebuild=rebuild,
-                              engine=engine, progress=on_progress)
+                              engine=engine, progress=on_progress, precision=precision)
     for line in summary.errors:
         err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False, markup=True,
                   soft_wrap=True)
@@ -157,7 +165,7 @@ def check(
     # The model loads in a thread while the photos decode and the index is verified.
     with ThreadPoolExecutor(max_workers=1) as pool, \
             _progress(quiet or json_out or len(photos) < 8) as bar:
-        loading = pool.submit(load_engine, spec, weights_path, engine, entry.weights_sha256)
+        loading = pool.submit(engine_for, index, spec, weights_path, engine)
         task = bar.add_task("checking", total=len(photos))
         results = check_photos(photos, index, spec, loading.result, thr, top_k,
                                remembered.load(),
@@ -211,7 +219,7 @@ def _engines_for(index: Index, spec: ModelSpec, weights: Path, engine: str,
                  ready: object | None = None) -> dict[str, tuple[ModelSpec, object]]:
     """A loader per model of the index (each with the weights it was built with)."""
     engines: dict[str, tuple[ModelSpec, object]] = {}
-    for name, entry in index.models.items():
+    for name in index.models:
         model_spec = get_model_spec(name)
         if name == spec.name:
             path = weights
@@ -220,8 +228,8 @@ def _engines_for(index: Index, spec: ModelSpec, weights: Path, engine: str,
         if name == spec.name and ready is not None:
             engines[name] = (model_spec, lambda r=ready: r)
         else:
-            engines[name] = (model_spec, lambda s=model_spec, p=path, e=entry: load_engine(
-                s, p, engine, e.weights_sha256))
+            engines[name] = (model_spec, lambda s=model_spec, p=path: engine_for(
+                index, s, p, engine))
     return engines
 
 

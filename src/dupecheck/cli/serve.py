@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..engines import load_engine
 from ..engines.base import choose_engine
 from ..errors import UsageError
+from ..precision import engine_for
 from ..store import open_index
 from .app import app, err, error_boundary, out
 from .commands import _engines_for, _index_model, _weights_for
@@ -101,7 +101,7 @@ def serve(
     spec = _index_model(index, model)
     weights_path = _weights_for(index, spec, weights)
     entry = index.models[spec.name]
-    warm = load_engine(spec, weights_path, engine, entry.weights_sha256)
+    warm = engine_for(index, spec, weights_path, engine)
     state = ServiceState(index_dir, spec, warm, entry.weights_sha256, tokens,
                          _engines_for(index, spec, weights_path, engine, warm))
     state.index()

@@ -52,6 +52,7 @@ class ModelSpec:
     weights: WeightsSource | None = None
     batch_size: int = 16  # images per forward pass; larger models take fewer
     channels_last: bool = True  # faster for convolutional nets in eager torch on CPU
+    int8: bool = False  # offered at --precision int8 (static quantization, ONNX engine)
     preprocessing_version: int = 1
 
     @property
@@ -105,6 +106,7 @@ register_model(ModelSpec(
     default_threshold=0.90,
     module="dupecheck.engines.torch_models:resnet50_module",
     vocabulary="dupecheck.engines.torch_models:resnet50_vocabulary",
+    int8=True,
     weights=WeightsSource(
         filename="resnet50-11ad3fa6.pth",
         cache="torch-hub",
