@@ -1,0 +1,123 @@
+"""ResNet-50 at int8 against fp32 on ONNX Runtime, side by side in one run; prints a table,
+writes JSON.
+
+    python scripts/bench_precision.py [--photos ../shared/data/photos] [--repeat 3]
+                                      [--out bench-precision.json]
+
+1. The model alone on ready tensors (batch 16, every core): img/s, fp32 and int8.
+2. `index` end to end (decode, hash, local features, embed, write) of the photos as an
+   export holds them (1080 px JPEGs), with the fp32 and the int8 engine; interleaved
+   repeats, medians; each also as a share of its own model-alone ceiling.
+3. The fidelity gate as `dupecheck index --precision int8` runs it on these photos:
+   lowest cosine(int8, fp32) and the share keeping their nearest neighbour, and the
+   decision. Random weights (none can be downloaded here) give embeddings that all lie
+   within a hair of each other, so nearest neighbours are decided by noise: the gate
+   refusing int8 for them is the gate working; trained weights separate photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench import machine, random_weights, save, table  # noqa: E402
+from bench_reframed import export_like  # noqa: E402
+
+from dupecheck.engines import MODELS, load_engine  # noqa: E402
+from dupecheck.engines.quantize import split_sample  # noqa: E402
+from dupecheck.engines.weights import file_sha256  # noqa: E402
+from dupecheck.evidence import sha256_bytes  # noqa: E402
+from dupecheck.imaging import decode  # noqa: E402
+from dupecheck.indexer import build_index  # noqa: E402
+from dupecheck.precision import load_int8_engine  # noqa: E402
+
+
+def alone(engine, spec, n: int = 96) -> float:
+    pixels = np.random.default_rng(0).normal(size=(16, 3, spec.crop, spec.crop)
+                                             ).astype(np.float32)
+    engine.embed_batch(pixels)
+    done, start = 0, time.perf_counter()
+    while done < n:
+        engine.embed_batch(pixels)
+        done += len(pixels)
+    return done / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/photos")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "bench-precision.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dupecheck-bench-precision-"))
+    os.environ.setdefault("XDG_CACHE_HOME", str(work / "cache"))
+    doc: dict[str, object] = {"machine": machine()}
+    print(json.dumps(doc["machine"]))
+    try:
+        spec = MODELS["resnet50"]
+        weights = random_weights("resnet50", work)
+        sha = file_sha256(weights)
+        export = export_like(args.photos, work)
+        files = sorted(p for p in export.iterdir() if p.is_file())
+        shas = {sha256_bytes(p.read_bytes()): p for p in files}
+        calibration, _ = split_sample(list(shas))
+
+        def pixels_of(wanted):
+            return np.stack([spec.to_input(decode(shas[s].read_bytes(), shas[s].name,
+                                                  draft=spec.archive_draft_size).image)
+                             for s in wanted])
+
+        engines = {"fp32": load_engine(spec, weights, "onnx", sha),
+                   "int8": load_int8_engine(spec, weights, sha, calibration, pixels_of)}
+        ceilings: dict[str, list[float]] = {"fp32": [], "int8": []}
+        ends: dict[str, list[float]] = {"fp32": [], "int8": []}
+        for k in range(args.repeat):  # interleaved: this machine's speed drifts
+            for name, engine in engines.items():
+                ceilings[name].append(alone(engine, spec))
+                start = time.perf_counter()
+                build_index([export], work / f"i-{name}-{k}", spec, weights,
+                            engine_loader=lambda s, w, e=engine: e)
+                ends[name].append(len(files) / (time.perf_counter() - start))
+        rows = {name: {"model_alone_img_s": statistics.median(ceilings[name]),
+                       "index_img_s": statistics.median(ends[name])} for name in engines}
+        for r in rows.values():
+            r["index_vs_ceiling"] = r["index_img_s"] / r["model_alone_img_s"]
+        doc["speed"] = rows
+        table(f"1-2. ResNet-50 on ONNX Runtime, {len(files)} photos as an export holds them "
+              f"(median of {args.repeat}, interleaved)",
+              ["precision", "model alone img/s", "index end to end img/s", "index/ceiling"],
+              [[n, f"{r['model_alone_img_s']:.1f}", f"{r['index_img_s']:.1f}",
+                f"{r['index_vs_ceiling']:.0%}"] for n, r in rows.items()])
+        print(f"   int8 vs fp32: model alone {rows['int8']['model_alone_img_s'] / rows['fp32']['model_alone_img_s']:.2f}x, "  # noqa: E501
+              f"index {rows['int8']['index_img_s'] / rows['fp32']['index_img_s']:.2f}x")
+        summary = build_index([export], work / "gate", spec, weights, engine="onnx",
+                              precision="int8")
+        doc["gate"] = {"fidelity": summary.int8_fidelity, "precision": summary.precision,
+                       "note": summary.precision_note}
+        f = summary.int8_fidelity or {}
+        table("3. the int8 fidelity gate on these photos (random weights)",
+              ["photos", "lowest cosine", "same nearest neighbour", "index built at"],
+              [[f.get("photos"), f"{f.get('min_cosine', 0):.4f}",
+                f"{f.get('top1_agreement', 0):.1%}", summary.precision]])
+        if summary.precision_note:
+            print(f"   {summary.precision_note}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return save(doc, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
