@@ -146,7 +146,8 @@ def test_pdq_distances_agree_with_counting_bits():
     fast = ev.pdq_distances(hashes, query)
     by_bits = np.unpackbits(np.bitwise_xor(hashes, query), axis=1).sum(axis=1)
     assert np.array_equal(fast, by_bits)
-    index = type("I", (), {"pdq": hashes, "photos": [], "embeddings": lambda self, m: None})()
+    index = type("I", (), {"pdq": hashes, "photos": [], "embeddings": lambda self, m: None,
+                           "verify_in_background": lambda self, m: None})()
     searcher = Searcher(index, "x")
     assert np.array_equal(searcher._pdq(slice(None), query), by_bits)
     assert np.array_equal(searcher._pdq(np.array([3, 7]), query), by_bits[[3, 7]])

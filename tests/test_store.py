@@ -107,6 +107,52 @@ def test_tampered_embeddings_are_refused(tmp_path, tamper, message):
         index.embeddings("tiny-test")
 
 
+@pytest.mark.parametrize("tamper,message", [
+    (tamper_same_shape, "checksum"),
+    (tamper_truncate, "truncated"),
+])
+def test_verification_in_the_background_still_refuses_a_damaged_matrix(tmp_path, tamper,
+                                                                       message):
+    """`check` starts hashing the matrix while the photo decodes; the first use of the
+    matrix waits for that hash, so a damaged byte is refused, never searched."""
+    root = tmp_path / "idx"
+    write(root)
+    tamper(generation_dir(root))
+    index = open_index(root)
+    with pytest.raises(IndexUnusable, match=message):
+        index.verify_in_background("tiny-test")  # a header or size fault: at once
+        index.embeddings("tiny-test")  # a checksum fault: when the matrix is first used
+    from dupecheck.search import Searcher
+
+    searcher = Searcher(open_index(root), "tiny-test") if message == "checksum" else None
+    if searcher is not None:
+        with pytest.raises(IndexUnusable, match=message):
+            searcher.embeddings  # noqa: B018
+
+
+def test_background_verification_passes_an_intact_matrix(tmp_path):
+    root = tmp_path / "idx"
+    write(root)
+    index = open_index(root)
+    index.verify_in_background("tiny-test")
+    assert np.asarray(index.embeddings("tiny-test")).shape == (5, 8)
+
+
+def test_an_fp32_manifest_is_what_dupecheck_1_0_reads_and_int8_says_so(tmp_path):
+    from dataclasses import replace
+
+    write(tmp_path / "fp32")
+    doc = json.loads((generation_dir(tmp_path / "fp32") / "manifest.json").read_text())
+    assert set(doc["models"]["tiny-test"]) == {"name", "dim", "weights_sha256", "weights_path",
+                                               "preprocessing", "threshold"}  # 1.0's fields
+    rng = np.random.default_rng(0)
+    int8 = replace(entry(8), precision="int8", calibration=["a" * 64, "b" * 64])
+    write_index(tmp_path / "int8", rows(5), rng.integers(0, 256, (5, 32), dtype=np.uint8),
+                {"tiny-test": (int8, rng.normal(size=(5, 8)).astype(np.float32))}, [])
+    again = open_index(tmp_path / "int8").models["tiny-test"]
+    assert again.precision == "int8" and again.calibration == ["a" * 64, "b" * 64]
+
+
 def test_edited_manifest_is_refused(tmp_path):
     root = tmp_path / "idx"
     write(root)

@@ -150,13 +150,22 @@ class Searcher:
 
     def __init__(self, index: Index, model: str) -> None:
         self.index = index
-        self.embeddings = index.embeddings(model)
+        self.model = model
+        index.verify_in_background(model)  # checked while the photos decode and embed
+        self._embeddings: np.ndarray | None = None
         # The 256 bits as four contiguous 64-bit columns: popcounts over whole columns.
         self.pdq_columns = np.ascontiguousarray(
             np.ascontiguousarray(index.pdq).view(np.uint64).T)  # (4, N)
         self.rows_by_sha: dict[str, list[int]] = {}
         for row, photo in enumerate(index.photos):
             self.rows_by_sha.setdefault(photo.sha256, []).append(row)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The verified matrix: the first search waits for its verification."""
+        if self._embeddings is None:
+            self._embeddings = self.index.embeddings(self.model)
+        return self._embeddings
 
     @property
     def local(self) -> bool:

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import secrets
 import shutil
@@ -108,22 +109,61 @@ class Index:
     created_at: str
     file_sha256: dict[str, str] = field(default_factory=dict)
     local: LocalStore | None = None  # None: built before local features, or without them
+    _verifying: dict[str, _Verification] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.photos)
 
     def embeddings(self, model: str) -> np.ndarray:
-        """The model's (N, dim) matrix, memory-mapped read-only after verification."""
+        """The model's (N, dim) matrix, memory-mapped read-only after verification (the
+        one `verify_in_background` started, else now)."""
+        path = self._embeddings_path(model)
+        pending = self._verifying.get(model)
+        if pending is not None:
+            pending.wait()
+        else:
+            _check_hash(path, self.file_sha256.get(path.name))
+        return _load_npy(path, mmap=True)
+
+    def verify_in_background(self, model: str) -> None:
+        """Start hashing the model's matrix in a thread (hashlib lets go of the GIL), so
+        that it overlaps with decoding and embedding the photo; `embeddings` waits for it,
+        and raises what it found. Errors about the file itself are raised now."""
+        if model in self._verifying:
+            return
+        path = self._embeddings_path(model)
+        self._verifying[model] = _Verification(path, self.file_sha256.get(path.name))
+
+    def _embeddings_path(self, model: str) -> Path:
         entry = self.models.get(model)
         if entry is None:
             held = ", ".join(sorted(self.models)) or "none"
             raise IndexUnusable(f"the index holds no '{model}' embeddings (it holds: {held}); "
                                 f"run `dupecheck index ARCHIVE --model {model}`", self.root)
-        name = embeddings_file(model)
-        path = self.root / self.generation / name
+        path = self.root / self.generation / embeddings_file(model)
         _check_npy(path, np.dtype("<f4"), (len(self.photos), entry.dim))
-        _check_hash(path, self.file_sha256.get(name))
-        return _load_npy(path, mmap=True)
+        return path
+
+
+class _Verification:
+    """One file's SHA-256 checked against the manifest in a thread; `wait` re-raises."""
+
+    def __init__(self, path: Path, expected: str | None) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path, expected),
+                                        name="dupecheck-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path, expected: str | None) -> None:
+        try:
+            _check_hash(path, expected)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting reader
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 @dataclass
@@ -246,6 +286,15 @@ def _load_verified(path: Path, dtype: np.dtype, shape: tuple[int, ...],
     _check_npy(path, dtype, shape)
     _check_hash(path, files.get(path.name))
     return _load_npy(path)
+
+
+def _entry_record(entry: ModelEntry) -> dict[str, Any]:
+    """A model's manifest record. Fields added since 1.0 are written only when they say
+    something (int8), so an fp32 index stays readable by dupecheck 1.0."""
+    record = asdict(entry)
+    if record["precision"] == "fp32" and record["calibration"] is None:
+        del record["precision"], record["calibration"]
+    return record
 
 
 def index_exists(root: Path) -> bool:
@@ -371,11 +420,12 @@ def _check_hash(path: Path, expected: str | None) -> None:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """Hashed through a read-only map: no copy of the file passes through Python."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        if os.fstat(fh.fileno()).st_size == 0:
+            return hashlib.sha256().hexdigest()
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return hashlib.sha256(mapped).hexdigest()
 
 
 # -- writing -------------------------------------------------------------------------
@@ -457,7 +507,7 @@ def write_index(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "count": count,
             "archives": list(archives),
-            "models": {name: asdict(entry) for name, (entry, _m) in embeddings.items()},
+            "models": {name: _entry_record(entry) for name, (entry, _m) in embeddings.items()},
             "files": files,
             **({"local": local_info} if local_info else {}),
         }
