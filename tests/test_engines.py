@@ -241,6 +241,30 @@ def test_the_onnx_export_is_cached_by_weights(resnet50_weights, monkeypatch, tmp
         load_engine(spec, other, "onnx")  # other weights: another cache entry
 
 
+def test_the_optimized_graph_is_saved_once_and_gives_the_same_embeddings(resnet50_weights):
+    """The first ONNX session optimizes the graph and saves it beside the model; the next
+    loads that without optimizing, and embeds exactly as the first did."""
+    from dupecheck.engines import onnx_engine
+    from dupecheck.engines.weights import file_sha256
+
+    spec = MODELS["resnet50"]
+    pixels = inputs(spec, 3)
+    path = onnx_engine.onnx_cache_path(spec, file_sha256(resnet50_weights))
+    load_engine(spec, resnet50_weights, "onnx")  # exported (if not yet) and optimized
+    optimized = onnx_engine.optimized_path(path)
+    optimized.unlink(missing_ok=True)
+    first = onnx_engine.OnnxEngine(spec, path).embed_batch(pixels)
+    assert optimized.is_file()
+    saved = optimized.stat().st_mtime_ns
+    second = onnx_engine.OnnxEngine(spec, path).embed_batch(pixels)
+    assert optimized.stat().st_mtime_ns == saved  # loaded, not optimized again
+    np.testing.assert_allclose(first, second, atol=1e-6)
+    optimized.write_bytes(b"damaged")  # a damaged copy is replaced, never trusted
+    third = onnx_engine.OnnxEngine(spec, path).embed_batch(pixels)
+    np.testing.assert_allclose(first, third, atol=1e-6)
+    assert optimized.stat().st_size > 1000
+
+
 def test_auto_engine_is_onnx_without_an_accelerator(monkeypatch):
     from dupecheck.engines import base
 

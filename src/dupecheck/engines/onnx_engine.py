@@ -29,20 +29,67 @@ def onnx_cache_path(spec: ModelSpec, weights_sha256: str) -> Path:
                                f"-x{EXPORT_VERSION}.onnx")
 
 
-class OnnxEngine:
-    def __init__(self, spec: ModelSpec, model_path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
+def _machine_fingerprint() -> str:
+    """What an optimized graph may depend on: ONNX Runtime's version and this CPU (its
+    fully optimized graphs use the CPU's own instructions and layouts)."""
+    import hashlib
+    import platform
 
+    import onnxruntime as ort
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = next((line for line in fh if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    text = f"{ort.__version__}|{platform.machine()}|{flags}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _session(path: Path, threads: int, optimize: bool, save_to: Path | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # saving a CPU-specific graph warns; the path says so
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if save_to is not None:
+        options.optimized_model_filepath = str(save_to)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def optimized_path(model_path: Path) -> Path:
+    return model_path.with_name(f"{model_path.stem}.opt-{_machine_fingerprint()}.onnx")
+
+
+class OnnxEngine:
+    """ONNX Runtime on the CPU. The first session optimizes the graph (0.3-0.4 s for
+    ResNet-50 here) and saves the result beside the model, keyed by ONNX Runtime's version
+    and this CPU; later sessions load that and skip the optimization (a cold `check`)."""
+
+    def __init__(self, spec: ModelSpec, model_path: Path, threads: int | None = None) -> None:
         self.spec = spec
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = threads or max(1, os.cpu_count() or 1)
+        optimized = optimized_path(model_path)
+        if optimized.is_file() and optimized.stat().st_mtime >= model_path.stat().st_mtime:
+            try:
+                self.session = _session(optimized, threads, optimize=False)
+                return
+            except Exception:  # noqa: BLE001 - a damaged optimized copy: optimize again
+                optimized.unlink(missing_ok=True)
+        tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
         try:
-            self.session = ort.InferenceSession(str(model_path), options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = _session(model_path, threads, optimize=True, save_to=tmp)
         except Exception as exc:
+            tmp.unlink(missing_ok=True)
             raise WeightsUnavailable(f"cannot open the cached ONNX model ({exc}); delete it to "
                                      f"export it again", model_path) from exc
+        try:
+            os.replace(tmp, optimized)  # atomic: another process sees all of it or none
+        except OSError:
+            tmp.unlink(missing_ok=True)  # costs the next session its optimization, no more
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(pixels, dtype=np.float32)
