@@ -1,0 +1,113 @@
+"""Cold `check` of a phone's 12 MP HEIC and an 8 MP JPEG, side by side with an earlier
+revision of dupecheck, in one run; prints a table, writes JSON.
+
+    python scripts/bench_check.py [--photos ../shared/data/photos] [--runs 9]
+                                  [--baseline REV] [--out bench-check.json]
+
+A fresh process per check (`dupecheck check PHOTO --quiet --engine onnx`), ResNet-50
+(random weights: the same speed), against a 10,000-photo index with local features
+(built as scripts/bench_reframed.py builds it), the page cache warm, every variant
+interleaved (this machine's speed drifts between minutes). The baseline is `git archive
+REV src` run on the same index and caches, so the ratio is this revision's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench import _MEASURED, machine, random_weights, save, table  # noqa: E402
+from bench_reframed import check_cost  # noqa: E402
+
+HEIC = "heic__IMG_2927.HEIC"  # an iPhone's 12 MP HEIC
+
+
+def eight_megapixel_jpeg(photos: Path, dest: Path) -> Path:
+    """An 8 MP camera JPEG (../shared keeps JPEGs at 2048 px): the HEIC's pixels."""
+    from PIL import Image, ImageOps
+
+    from dupecheck.imaging import _register_openers
+
+    _register_openers()
+    img = ImageOps.exif_transpose(Image.open(photos / HEIC)).convert("RGB")
+    img.resize((2448, 3264), Image.Resampling.LANCZOS).save(dest, quality=92)
+    return dest
+
+
+def timed(src: Path, photo: Path, env: dict[str, str]) -> tuple[float, int]:
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _MEASURED, "check", str(photo), "--quiet",
+                           "--engine", "onnx"], env={**env, "PYTHONPATH": str(src)},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    assert proc.returncode in (0, 1), proc.stderr[-500:]
+    peak = [int(x.split()[1]) for x in proc.stderr.splitlines() if x.startswith("VMHWM_KB")]
+    return wall, (peak[-1] // 1024 if peak else -1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/photos")
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--baseline", default="540ab5f",
+                        help="The revision compared against (default: before this work).")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-check.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dupecheck-bench-check-"))
+    os.environ.setdefault("XDG_CACHE_HOME", str(work / "cache"))
+    doc: dict[str, object] = {"machine": machine(), "baseline": args.baseline}
+    print(doc["machine"])
+    try:
+        random_weights("resnet50", work)
+        check_cost(args.photos, work, runs=1)  # builds work/check-local (10,000 rows)
+        baseline = work / "baseline"
+        baseline.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline, "src"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        photos = {"12 MP HEIC (iPhone)": args.photos / HEIC,
+                  "8 MP JPEG": eight_megapixel_jpeg(args.photos, work / "8mp.jpg")}
+        sources = {f"baseline {args.baseline}": baseline / "src", "this revision": REPO / "src"}
+        env = {**os.environ, "DUPECHECK_INDEX": str(work / "check-local")}
+        for src in sources.values():  # warm: exports, optimized graphs, page cache
+            for photo in photos.values():
+                timed(src, photo, env)
+        times: dict[tuple[str, str], list[float]] = {}
+        peaks: dict[tuple[str, str], int] = {}
+        for _ in range(args.runs):
+            for pname, photo in photos.items():
+                for sname, src in sources.items():
+                    wall, peak = timed(src, photo, env)
+                    times.setdefault((pname, sname), []).append(wall)
+                    peaks[(pname, sname)] = max(peaks.get((pname, sname), 0), peak)
+        rows = []
+        for pname in photos:
+            base, now = (statistics.median(times[(pname, s)]) for s in sources)
+            rows.append({"photo": pname, "baseline_s": base, "now_s": now,
+                         "ratio": now / base, "peak_rss_mb": peaks[(pname, "this revision")]})
+        doc["check"] = rows
+        table(f"cold `check`, fresh process, 10,000-photo index with local features "
+              f"(median of {args.runs}, interleaved)",
+              ["photo", f"baseline {args.baseline} s", "this revision s", "ratio",
+               "peak RSS MB"],
+              [[r["photo"], f"{r['baseline_s']:.2f}", f"{r['now_s']:.2f}",
+                f"{r['ratio']:.2f}x", r["peak_rss_mb"]] for r in rows])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return save(doc, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
