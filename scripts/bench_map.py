@@ -17,6 +17,8 @@ inside the map does its re-framed pass for real).
    share of each photo's 10 nearest neighbours that stay its neighbours on the map.
 2. `dupecheck map --png` in a fresh process: thumbnail cache empty, then filled;
    wall seconds and peak RSS.
+3. What `--reframed` would add: `dupes`' re-framed pass (each photo's descriptors vote
+   in the shortlist, its best four are verified) timed per photo on a sample of rows.
 """
 
 from __future__ import annotations
@@ -173,6 +175,38 @@ def bench_layouts(emb_file: Path, engines: list[str], python: str) -> list[dict[
     return rows
 
 
+def reframed_pass(idx: Path, sample: int) -> dict[str, float]:
+    """The loop of analysis._reframed_edges, timed on the first `sample` rows."""
+    from dupecheck.localfeatures import verify
+    from dupecheck.store import open_index
+
+    local = open_index(idx).local
+    assert local is not None
+    shortlist = local.shortlist()
+    votes_s = verify_s = 0.0
+    verified = 0
+    start = time.perf_counter()
+    for i in range(sample):
+        features = local.features(i)
+        t = time.perf_counter()
+        rows = shortlist.votes(features, limit=4, exclude=i)
+        votes_s += time.perf_counter() - t
+        for j in rows:
+            t = time.perf_counter()
+            verify(features, local.features(j))
+            verify_s += time.perf_counter() - t
+            verified += 1
+    per_photo = (time.perf_counter() - start) / sample
+    result = {"sample": sample, "per_photo_ms": 1000 * per_photo,
+              "votes_ms": 1000 * votes_s / sample, "verify_ms_each": 1000 * verify_s /
+              max(1, verified), "verified_per_photo": verified / sample}
+    print(f"\n3. dupes' re-framed pass (what `map --reframed` adds), {sample} photos of the "
+          f"index: {result['per_photo_ms']:.1f} ms a photo (votes {result['votes_ms']:.1f} "
+          f"ms, {result['verified_per_photo']:.1f} verified at {result['verify_ms_each']:.1f}"
+          f" ms each): {result['per_photo_ms'] * 10:.0f} s for 10,000 photos")
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/photos")
@@ -183,6 +217,8 @@ def main() -> int:
     parser.add_argument("--layout-python", default=sys.executable,
                         help="Interpreter for section 1 (UMAP is not a dependency: give one "
                              "with umap-learn, openTSNE and scikit-learn installed).")
+    parser.add_argument("--reframed-sample", type=int, default=300)
+    parser.add_argument("--skip-map", action="store_true", help="Sections 1 and 3 only.")
     parser.add_argument("--out", type=Path, default=REPO / "bench-map.json")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="dupecheck-bench-map-"))
@@ -208,6 +244,10 @@ def main() -> int:
             emb_file = work / "embeddings.npy"
             np.save(emb_file, np.asarray(open_index(idx).embeddings("resnet50")))
             doc["layouts"] = bench_layouts(emb_file, args.layouts.split(","), args.layout_python)
+        if args.reframed_sample:
+            doc["reframed_pass"] = reframed_pass(idx, args.reframed_sample)
+        if args.skip_map:
+            return save(doc, args.out)
         shutil.rmtree(work / "cache" / "dupecheck" / "thumbs", ignore_errors=True)
         runs = []
         for label in ("thumbnail cache empty", "thumbnail cache filled"):

@@ -81,6 +81,7 @@ def test_int8_index_records_its_precision_and_check_runs_the_same_model(
     index = open_index(idx)
     entry = index.models["resnet50"]
     assert entry.precision == "int8" and len(entry.calibration) == 20
+    assert "int8" in cli("info", "--index", idx).stdout
     cached = q.int8_cache_path(SPEC, entry.weights_sha256, entry.calibration)
     assert cached.is_file()
     # Whatever loads an engine for this index gets the int8 model: it reproduces the stored

@@ -220,14 +220,14 @@ def render_info(console: Console, index: Index, doc: dict[str, Any] | None = Non
     for kind, count in doc["kinds"].items():
         kinds.add_row(kind, str(count))
     console.print(kinds)
-    models = Table("model", "dim", "threshold", "weights SHA-256", "weights file", box=None,
-                   header_style="dim")
+    models = Table("model", "dim", "precision", "threshold", "weights SHA-256", "weights file",
+                   box=None, header_style="dim")
     for name, entry in index.models.items():
         if name not in doc["models"]:
             continue
         threshold = f"{entry.threshold:g} (calibrated)" if entry.threshold else "default"
-        models.add_row(name, str(entry.dim), threshold, entry.weights_sha256[:16] + "…",
-                       escape(entry.weights_path))
+        models.add_row(name, str(entry.dim), entry.precision, threshold,
+                       entry.weights_sha256[:16] + "…", escape(entry.weights_path))
     console.print(models)
     if doc["dates"]["first"]:
         console.print(f"dates: {doc['dates']['first'][:10]} to {doc['dates']['last'][:10]}")
