@@ -45,7 +45,7 @@ def map_command(
     threshold: Threshold = None,
     reframed: Annotated[bool, typer.Option(
         "--reframed", help="Also join re-framed re-edits, as `dupes` does (its slow pass: "
-        "minutes for 10,000 photos).")] = False,
+        "minutes on a large archive).")] = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
