@@ -167,7 +167,9 @@ def build_index(
                 progress("reading", n, len(scan.photos))
 
         calibration: list[str] | None = None
-        if precision == INT8 and engine_loader is None:
+        if precision == INT8 and engine_loader is not None:
+            raise ValueError("int8 quantizes and loads its own engine: no engine_loader")
+        if precision == INT8:
             prev_entry = previous.models.get(spec.name) if previous is not None else None
             if prev_entry is not None and prev_entry.calibration:
                 calibration = prev_entry.calibration  # the same int8 model as before

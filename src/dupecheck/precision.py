@@ -57,8 +57,9 @@ def index_pixels(index: Index, spec: ModelSpec, shas: Sequence[str]) -> np.ndarr
 
     rows = {p.sha256: p for p in index.photos}
     out = []
-    archive = Archive([Path(a) for a in index.archives]) if index.archives else None
+    archive = None
     try:
+        archive = Archive([Path(a) for a in index.archives]) if index.archives else None
         for sha in shas:
             photo = rows.get(sha)
             data = None
