@@ -74,9 +74,11 @@ def test_terminal_summary_says_where_the_files_are(cli, mapped, tmp_path):
     assert "numbered" in out  # the tiny test model has no words: motifs are numbered
 
 
-def test_bad_motif_count_is_a_usage_error(cli, mapped, tmp_path):
+def test_bad_motif_count_or_missing_folder_is_a_usage_error(cli, mapped, tmp_path):
     result = run_map(cli, mapped, tmp_path, "--motifs", "lots", code=2)
     assert "--motifs" in result.output
+    result = cli("map", "--index", mapped, "--out", tmp_path / "no" / "map.html", code=2)
+    assert "folder does not exist" in result.output
 
 
 def test_thumbnails_are_made_once_and_a_damaged_one_is_made_again(cli, mapped, tmp_path):

@@ -57,6 +57,9 @@ def map_command(
     from ..thumbs import row_thumbnails
 
     k = _motif_count(motifs)
+    for target in (out_html, png):
+        if target is not None and not target.resolve().parent.is_dir():
+            raise UsageError(f"{target}: its folder does not exist")
     index = open_index(index_dir)
     if len(index) == 0:
         raise UsageError("the index holds no photos yet; run `dupecheck index ARCHIVE` first")
