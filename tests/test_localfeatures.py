@@ -67,6 +67,25 @@ def test_a_known_crop_and_turn_is_found_with_its_box_and_rotation(real_photo):
     assert abs(v.transform.rotation_deg - 4.0) < 0.5
 
 
+def test_a_checked_photo_is_described_smaller_but_in_the_archive_frame(real_photo):
+    """Checked photos' features are taken at CANDIDATE_MAX_SIDE, their points put in the
+    LOCAL_MAX_SIDE frame: the same photo maps onto itself at scale 1, and a crop's box and
+    scale mean what they mean for archive features."""
+    cand, archive = lf.extract_candidate(real_photo), lf.extract(real_photo)
+    assert abs(cand.size[0] - archive.size[0]) <= 1 and abs(cand.size[1] - archive.size[1]) <= 1
+    assert cand.points[:, 0].max() > lf.CANDIDATE_MAX_SIDE * 0.9 * archive.size[0] / max(
+        archive.size)  # spread over the 512 px frame, not the 384 px one it was taken at
+    same = lf.verify(cand, archive)
+    assert same.reframed and abs(same.transform.scale - 1) < 0.02
+    w, h = real_photo.size
+    cropped = real_photo.crop((int(w * 0.30), int(h * 0.10), int(w * 0.90), int(h * 0.80)))
+    v = lf.verify(lf.extract_candidate(cropped), archive)
+    assert v.reframed, v.reason
+    assert np.allclose(v.transform.box, (0.30, 0.10, 0.90, 0.80), atol=0.02)
+    with_archive_features = lf.verify(lf.extract(cropped), archive)
+    assert abs(v.transform.scale - with_archive_features.transform.scale) < 0.03
+
+
 def test_photos_with_almost_no_features_get_no_evidence_and_no_error():
     flat = Image.new("RGB", (800, 600), (120, 160, 220))
     black = Image.new("RGB", (800, 600), (0, 0, 0))

@@ -23,7 +23,7 @@ from .engines import Engine, ModelSpec, embed_images
 from .errors import ArchiveError, DupecheckError, IndexUnusable
 from .evidence import pdq_hash, sha256_bytes
 from .imaging import centre_crop_to_aspect, crop_variants, decode
-from .localfeatures import extract
+from .localfeatures import extract_candidate
 from .search import Candidate, Searcher
 from .store import Index
 
@@ -219,7 +219,7 @@ def _caught_by(searcher: Searcher, copy: Image.Image, variants: list[tuple[str, 
     hashes = np.stack([pdq_hash(img) for _, img in variants])
     candidate = Candidate("edited copy", sha256_bytes(copy.tobytes()), [v for v, _ in variants],
                           hashes, np.zeros((len(variants), 0), np.float32),
-                          extract(copy) if searcher.local else None)
+                          extract_candidate(copy) if searcher.local else None)
     result = searcher.search(candidate, vectors, threshold, top_k=5)
     for match in result.matches:
         if match.photo.sha256 == source_sha256 and match.evidence:

@@ -26,6 +26,7 @@ from .localfeatures import (
     Transform,
     Verification,
     extract,
+    extract_candidate,
     verify,
 )
 from .store import Index, IndexedPhoto
@@ -122,9 +123,11 @@ def read_source(source: Source) -> tuple[str, bytes]:
         raise ImageError(exc.strerror or str(exc), path) from exc
 
 
-def load_candidate(source: Source, spec: ModelSpec, local: bool = False) -> Candidate:
+def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
+                   as_archive: bool = False) -> Candidate:
     """Read, decode and hash one photo; ImageError (naming it) when it cannot be read.
-    With `local`, also take its local features (for `re-framed`)."""
+    With `local`, also take its local features (for `re-framed`): as a checked photo's,
+    or with `as_archive` as an archive photo's (`compare`'s B)."""
     name, data = read_source(source)
     photo = decode(data, name, draft=spec.draft_size)
     variants = crop_variants(photo.image)
@@ -134,7 +137,8 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False) -> Cand
         variants=[name for name, _ in variants],
         pdq=np.stack([pdq_hash(img) for _, img in variants]),
         pixels=np.stack([spec.to_input(img) for _, img in variants]),
-        features=extract(photo.image) if local else None,
+        features=None if not local else extract(photo.image) if as_archive
+        else extract_candidate(photo.image),
     )
 
 
@@ -364,7 +368,8 @@ def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float
     ca = cb = None
     for spec, engine, threshold in models:
         first = ca is None  # local features do not depend on the model: taken once
-        ca, cb = load_candidate(a, spec, local=first), load_candidate(b, spec, local=first)
+        ca = load_candidate(a, spec, local=first)
+        cb = load_candidate(b, spec, local=first, as_archive=True)
         if first:
             features = (ca.features, cb.features)
         va = embed_images(engine, ca.pixels, spec.batch_size)
@@ -375,7 +380,8 @@ def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float
         from .engines import get_model_spec
 
         spec = get_model_spec("resnet50")
-        ca, cb = load_candidate(a, spec, local=True), load_candidate(b, spec, local=True)
+        ca = load_candidate(a, spec, local=True)
+        cb = load_candidate(b, spec, local=True, as_archive=True)
         features = (ca.features, cb.features)
     a_vs_b = [int(pdq_distances(cb.pdq[:1], h)[0]) for h in ca.pdq]
     b_vs_a = [int(pdq_distances(ca.pdq[:1], h)[0]) for h in cb.pdq]
