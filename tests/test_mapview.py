@@ -139,6 +139,11 @@ def test_page_opens_in_chromium_shows_every_photo_and_captions_as_text(cli, mapp
         browser.find_element("id", "zin").click()
     after = browser.execute_script("return window.dupecheckMap.state")
     assert after["scale"] > before and after["drawn"] == 14 and after["dots"] < 14
+    # On a phone's width the map keeps the screen's width, the legend goes below it.
+    browser.set_window_size(420, 900)
+    browser.execute_script("window.dispatchEvent(new Event('resize'))")
+    assert canvas.rect["width"] >= 380 and canvas.rect["height"] >= 300
+    assert browser.find_element("css selector", "aside").rect["y"] > canvas.rect["y"]
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
 
