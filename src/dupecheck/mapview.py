@@ -157,8 +157,10 @@ def write_png(path: Path, index: Index, amap: ArchiveMap,
     height = margin + line + side + thumb + margin + legend_rows * line + strip_h + margin
     img = Image.new("RGB", (width, height), (250, 250, 250))
     draw = ImageDraw.Draw(img, "RGBA")
-    draw.text((margin, margin // 2), f"dupecheck map: {len(index)} photos, "
-              f"{len(amap.motifs)} motifs ({amap.model}; {NAME_NOTE if amap.named_by else ''})",
+    photos, motifs = len(index), len(amap.motifs)
+    draw.text((margin, margin // 2), f"dupecheck map: {photos} photo{'s' * (photos != 1)}, "
+              f"{motifs} motif{'s' * (motifs != 1)} ({amap.model}"
+              f"{'; ' + NAME_NOTE if amap.named_by else ''})",
               fill=(30, 30, 30), font=font)
     top = margin + line
     inner = side - thumb - 8  # the outermost thumbnails stay inside the map

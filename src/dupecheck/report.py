@@ -396,8 +396,9 @@ def map_document(amap: ArchiveMap, index: Index, files: dict[str, str]) -> dict[
 def render_map(console: Console, amap: ArchiveMap, files: dict[str, str]) -> None:
     from .photomap import NAME_NOTE
 
-    console.print(Text.assemble((f"{len(amap.xy)} photos", "bold"), " in ",
-                                (f"{len(amap.motifs)} motifs", "bold"),
+    photos, motifs = len(amap.xy), len(amap.motifs)
+    console.print(Text.assemble((f"{photos} photo{'s' * (photos != 1)}", "bold"), " in ",
+                                (f"{motifs} motif{'s' * (motifs != 1)}", "bold"),
                                 f" ({amap.model}; {NAME_NOTE if amap.named_by else 'numbered'})"))
     for m in sorted(amap.motifs, key=lambda m: -m.count):
         console.print(Text.assemble(f"  {m.count:>6}  ", (m.name, "dim" if m.name == "other"
