@@ -182,6 +182,39 @@ def test_shortlist_votes_for_the_photo_that_shares_descriptors():
     assert 17 not in shortlist.votes(query, exclude=17)
 
 
+def _votes_one_by_one(shortlist, features, limit, exclude):
+    """The tally written plainly: a vote per (candidate descriptor, row), rows by votes."""
+    k = min(lf.SEARCH_NEIGHBOURS, shortlist.index.ntotal)
+    dist, ids = shortlist.index.search(
+        lf.as_unit_vectors(features.descriptors[:lf.SHORTLIST_FEATURES]), k)
+    tally: dict[int, int] = {}
+    for q in range(len(ids)):
+        close = (dist[q] < lf.RATIO ** 2 * dist[q, -1]) & (ids[q] >= 0) & (ids[q] != exclude)
+        for row in set(ids[q][close].tolist()):
+            tally[row] = tally.get(row, 0) + 1
+    ranked = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [row for row, count in ranked[:limit] if count >= 2]
+
+
+def test_votes_for_many_photos_at_once_are_each_the_same_as_alone(shared_photos):
+    """`dupes` votes for many rows in one FAISS search: each answer must be the plain
+    tally's, and the same as its own search."""
+    photos = sorted(shared_photos.glob("jpg__*"))[:24]
+    feats = [lf.extract(load(p.read_bytes())) for p in photos]
+    desc, _points, meta = lf.pack(feats)
+    shortlist = lf.Shortlist.open(lambda: desc, meta, None)
+    w, h = load(photos[5].read_bytes()).size
+    queries = feats + [lf.extract_candidate(load(photos[5].read_bytes()).crop(
+        (w // 4, h // 8, w, h)))]
+    excludes = list(range(len(feats))) + [None]
+    together = shortlist.votes_many(queries, limit=4, excludes=excludes)
+    assert together[-1][0] == 5  # the crop votes for its photo
+    assert sum(len(v) for v in together) > len(feats)  # real photos share some votes
+    for f, exclude, answer in zip(queries, excludes, together, strict=True):
+        assert answer == _votes_one_by_one(shortlist, f, 4, exclude)
+        assert answer == shortlist.votes(f, limit=4, exclude=exclude)
+
+
 def test_a_large_index_stores_an_ivf_pq_shortlist_that_finds_the_same(monkeypatch):
     rng = np.random.default_rng(1)
     feats = [lf.LocalFeatures(np.zeros((lf.LOCAL_FEATURES, 2), np.float32),

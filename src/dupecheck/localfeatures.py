@@ -14,7 +14,7 @@ OpenCV and FAISS are imported on first use: `check` pays for them only when it r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -365,18 +365,32 @@ class Shortlist:
               exclude: int | None = None) -> list[int]:
         """Rows ranked by how many candidate descriptors find them among their neighbours,
         each neighbour counted when clearly nearer than the k-th (the background)."""
-        if len(features) == 0 or self.index.ntotal == 0:  # type: ignore[attr-defined]
-            return []
-        k = min(SEARCH_NEIGHBOURS, int(self.index.ntotal))  # type: ignore[attr-defined]
-        queries = as_unit_vectors(features.descriptors[:SHORTLIST_FEATURES])  # the strongest
-        dist, ids = self.index.search(queries, k)  # type: ignore[attr-defined]
+        return self.votes_many([features], limit, [exclude])[0]
+
+    def votes_many(self, many: Sequence[LocalFeatures], limit: int = SHORTLIST_VOTES,
+                   excludes: Sequence[int | None] | None = None) -> list[list[int]]:
+        """`votes` for several photos in one FAISS search (its threads share the work);
+        each photo's answer is the same as alone."""
+        excludes = list(excludes) if excludes is not None else [None] * len(many)
+        ntotal = int(self.index.ntotal)  # type: ignore[attr-defined]
+        queries = [as_unit_vectors(f.descriptors[:SHORTLIST_FEATURES]) if ntotal and len(f)
+                   else np.zeros((0, DESCRIPTOR_DIM), np.float32) for f in many]
+        if not sum(len(q) for q in queries):
+            return [[] for _ in many]
+        k = min(SEARCH_NEIGHBOURS, ntotal)
+        dist, ids = self.index.search(np.concatenate(queries), k)  # type: ignore[attr-defined]
         background = dist[:, -1:] if k > 1 else np.full((len(dist), 1), np.inf)
         close = (dist < (RATIO * RATIO) * background) & (ids >= 0)
-        if exclude is not None:
-            close &= ids != exclude
-        tally: dict[int, int] = {}
-        for q in range(len(ids)):
-            for row in set(ids[q][close[q]].tolist()):
-                tally[row] = tally.get(row, 0) + 1
-        ranked = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
-        return [row for row, count in ranked[:limit] if count >= 2]
+        answers, start = [], 0
+        for q, exclude in zip(queries, excludes, strict=True):
+            rows = slice(start, start + len(q))
+            start += len(q)
+            hit = close[rows] & (ids[rows] != exclude) if exclude is not None else close[rows]
+            query_of, column = np.nonzero(hit)
+            found = ids[rows][query_of, column]
+            # One vote per (query descriptor, row); then rows by votes, ties by row.
+            pairs = np.unique(query_of.astype(np.int64) * (ntotal + 1) + found)
+            voted, counts = np.unique(pairs % (ntotal + 1), return_counts=True)
+            order = np.lexsort((voted, -counts))[:limit]
+            answers.append([int(voted[i]) for i in order if counts[i] >= 2])
+        return answers
