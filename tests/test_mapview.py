@@ -150,8 +150,9 @@ def test_page_opens_in_chromium_shows_every_photo_and_captions_as_text(cli, mapp
 
 def test_reframed_re_edits_are_joined_with_the_reframed_pass(cli, tmp_path, shared_photos,
                                                              tiny_weights):
-    """A re-edit cropped off-centre is found by local features only: its line needs
-    `--reframed` (dupes' slow pass), and is there with it."""
+    """A re-edit cropped off-centre is found by local features only: a small archive's
+    map joins it (dupes' re-framed pass runs by default up to 2,000 photos), and
+    `--no-reframed` leaves it out."""
     names = ("jpg__Canon_EOS_30D_(4).jpg", "jpg__Nikon_D100.jpg", "jpg__Kodak_DX6490.jpg")
     originals = [Image.open(shared_photos / n).convert("RGB") for n in names]
     w, h = originals[0].size
@@ -163,8 +164,10 @@ def test_reframed_re_edits_are_joined_with_the_reframed_pass(cli, tmp_path, shar
     export = write_tree(tmp_path / "export", files)
     idx = tmp_path / "idx"
     cli("index", export, "--index", idx, "--model", "tiny-test", "--weights", tiny_weights)
-    plain = json.loads(run_map(cli, idx, tmp_path, "--json", "-t", "1.0").stdout)
-    assert plain["duplicate_groups"] == []
-    doc = json.loads(run_map(cli, idx, tmp_path, "--json", "-t", "1.0", "--reframed").stdout)
+    plain = json.loads(run_map(cli, idx, tmp_path, "--json", "-t", "1.0",
+                               "--no-reframed").stdout)
+    assert plain["duplicate_groups"] == [] and not plain["reframed_joined"]
+    doc = json.loads(run_map(cli, idx, tmp_path, "--json", "-t", "1.0").stdout)
+    assert doc["reframed_joined"]
     assert [sorted(doc["points"][r]["path"] for r in g) for g in doc["duplicate_groups"]] == \
         [["media/posts/1/0.jpg", "media/posts/2/crop.jpg"]]

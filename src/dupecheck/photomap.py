@@ -33,6 +33,9 @@ SILHOUETTE_SAMPLE = 3000  # photos the silhouette is computed on, per K
 OUTLIER_MADS = 4.0  # further from the centre than median + this many MADs: "other"
 MIN_MOTIF_SHARE = 0.005  # a motif holds at least this share of photos (and 3), else "other"
 OTHER = "other"
+# Up to this many photos the map's duplicate lines include re-framed pairs by default
+# (dupes' re-framed pass: 15.8 ms a photo here, so ~30 s; benchmarks/2026-11-28-map-reframed).
+REFRAMED_AUTO_ROWS = 2000
 NAME_NOTE = "motif names come from the model and may be wrong"
 
 
@@ -60,6 +63,7 @@ class ArchiveMap:
     seed: int = 0
     years: dict[int, dict[str, int]] = field(default_factory=dict)  # motif -> year -> count
     duplicate_groups: list[list[int]] = field(default_factory=list)
+    reframed_joined: bool = False  # whether the groups include re-framed pairs
 
     def duplicate_links(self) -> list[tuple[int, int]]:
         """Lines that join each duplicate group: every photo to its nearest earlier one on

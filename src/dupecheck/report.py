@@ -389,6 +389,7 @@ def map_document(amap: ArchiveMap, index: Index, files: dict[str, str]) -> dict[
         "motifs": [{"id": m.id, "name": m.name, "count": m.count, "labels": m.labels,
                     "photos": m.rows} for m in amap.motifs],
         "duplicate_groups": amap.duplicate_groups,
+        "reframed_joined": amap.reframed_joined,
         "files": files,
     }
 
@@ -403,7 +404,9 @@ def render_map(console: Console, amap: ArchiveMap, files: dict[str, str]) -> Non
     for m in sorted(amap.motifs, key=lambda m: -m.count):
         console.print(Text.assemble(f"  {m.count:>6}  ", (m.name, "dim" if m.name == "other"
                                                           else "")))
-    if amap.duplicate_groups:
-        console.print(f"  {len(amap.duplicate_groups)} groups of the same photo, joined by lines")
+    how = "re-framed pairs included" if amap.reframed_joined else "re-framed pairs not " \
+        "looked for (--reframed)"
+    console.print(f"  {len(amap.duplicate_groups)} group(s) of the same photo, joined by "
+                  f"lines ({how})")
     for what, where in files.items():
         console.print(Text.assemble(f"{what}: ", (where, "bold")))

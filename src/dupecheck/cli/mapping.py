@@ -43,9 +43,10 @@ def map_command(
     )] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="The same seed gives the same map.")] = 0,
     threshold: Threshold = None,
-    reframed: Annotated[bool, typer.Option(
-        "--reframed", help="Also join re-framed re-edits, as `dupes` does (its slow pass: "
-        "minutes on a large archive).")] = False,
+    reframed: Annotated[bool | None, typer.Option(
+        "--reframed/--no-reframed", show_default="on up to 2,000 photos",
+        help="Join re-framed re-edits too, as `dupes` does (its slower pass: minutes on a "
+        "large archive).")] = None,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
@@ -53,7 +54,7 @@ def map_command(
     from ..analysis import find_duplicates
     from ..engines.vocabulary import load_vocabulary
     from ..mapview import THUMB_CACHED, THUMB_HELD, write_html, write_png
-    from ..photomap import build_map
+    from ..photomap import REFRAMED_AUTO_ROWS, build_map
     from ..thumbs import row_thumbnails
 
     k = _motif_count(motifs)
@@ -75,6 +76,9 @@ def map_command(
     thr = effective_threshold(threshold, entry.threshold if entry else None, spec.default_threshold)
     with _progress(quiet or json_out) as bar:
         task = bar.add_task("same photo", total=len(index))
+        if reframed is None:
+            reframed = len(index) <= REFRAMED_AUTO_ROWS
+        reframed = reframed and index.local is not None
         groups = find_duplicates(index, spec.name, thr, reframed=reframed,
                                  progress=lambda done, total: bar.update(task, completed=done))
         stage = bar.add_task("layout", total=None)
@@ -82,6 +86,7 @@ def map_command(
                          [g.rows for g in groups],
                          progress=lambda what: bar.update(stage, description=what))
         bar.remove_task(stage)
+        amap.reframed_joined = reframed
         task = bar.add_task("thumbnails", total=len(index))
         thumbs = row_thumbnails(index, range(len(index)), side=THUMB_CACHED, keep=THUMB_HELD,
                                 progress=lambda done, total: bar.update(task, completed=done))
