@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
 from PIL import Image
 
+from dupecheck.mapview import THUMB_CACHED
 from dupecheck.thumbs import thumbs_dir
 from helpers import LAYOUT_DIRS, jpeg_bytes, needs_chromium, post, synthetic_photo, write_tree
 
@@ -82,8 +84,9 @@ def test_bad_motif_count_or_missing_folder_is_a_usage_error(cli, mapped, tmp_pat
 
 
 def test_thumbnails_are_made_once_and_a_damaged_one_is_made_again(cli, mapped, tmp_path):
+    shutil.rmtree(thumbs_dir(), ignore_errors=True)  # other tests share the test cache
     run_map(cli, mapped, tmp_path, "--quiet")
-    cached = sorted(thumbs_dir().rglob("*.jpg"))
+    cached = sorted((thumbs_dir() / str(THUMB_CACHED)).rglob("*.jpg"))
     assert len(cached) == 12  # 14 rows, 12 distinct photos: keyed by content
     stamps = {p: p.stat().st_mtime_ns for p in cached}
     cached[0].write_bytes(b"not a jpeg")
@@ -94,8 +97,6 @@ def test_thumbnails_are_made_once_and_a_damaged_one_is_made_again(cli, mapped, t
 
 
 def test_a_moved_archive_still_maps_with_dots(cli, mapped, tmp_path):
-    import shutil
-
     shutil.rmtree(tmp_path / "export")
     shutil.rmtree(thumbs_dir(), ignore_errors=True)
     result = run_map(cli, mapped, tmp_path)

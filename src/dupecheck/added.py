@@ -11,15 +11,17 @@ gives way to the export's own record; the others are kept.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .archive import KIND_ADDED
+from .archive import KIND_ADDED, Archive
 from .engines import Engine, ModelSpec
 from .errors import DupecheckError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
@@ -199,6 +201,43 @@ def stored_copy(root: Path, sha256: str) -> bytes | None:
     except OSError:
         return None
     return data if sha256_bytes(data) == sha256 else None
+
+
+@contextlib.contextmanager
+def photo_reader(index: Index) -> Iterator[Callable[[IndexedPhoto], bytes | None]]:
+    """read(photo) -> the bytes of one of the index's photos: from the archive the index was
+    built from, or the copy kept of an added photo; None where neither can be read now
+    (the archive moved, the member is damaged, the copy changed). The archive is opened
+    on the first read that needs it, once, for any number of threads."""
+    opened: list[Archive | None] = []
+    lock = threading.Lock()
+
+    def archive() -> Archive | None:
+        with lock:
+            if not opened:
+                try:
+                    opened.append(Archive([Path(a) for a in index.archives])
+                                  if index.archives else None)
+                except DupecheckError:
+                    opened.append(None)
+            return opened[0]
+
+    def read(photo: IndexedPhoto) -> bytes | None:
+        if photo.kind == KIND_ADDED:
+            return stored_copy(index.root, photo.sha256)
+        source = archive()
+        if source is None:
+            return None
+        try:
+            return source.read(photo.path)
+        except DupecheckError:
+            return None
+
+    try:
+        yield read
+    finally:
+        if opened and opened[0] is not None:
+            opened[0].close()
 
 
 def _publish_with(index: Index, prepared: list[_Prepared], caption: str | None) -> None:

@@ -51,36 +51,25 @@ def load_int8_engine(spec: ModelSpec, weights: Path, weights_sha256: str,
 
 def index_pixels(index: Index, spec: ModelSpec, shas: Sequence[str]) -> np.ndarray:
     """Model inputs of indexed photos, by content hash, prepared exactly as `index` does."""
-    from .added import stored_copy
-    from .archive import KIND_ADDED, Archive
+    from .added import photo_reader
     from .imaging import decode
 
     rows = {p.sha256: p for p in index.photos}
     out = []
-    archive = None
-    try:
-        archive = Archive([Path(a) for a in index.archives]) if index.archives else None
+    with photo_reader(index) as read:
         for sha in shas:
             photo = rows.get(sha)
-            data = None
-            if photo is not None:
-                if photo.kind == KIND_ADDED:
-                    data = stored_copy(index.root, sha)
-                elif archive is not None:
-                    data = archive.read(photo.path)
-            if data is None:
+            data = read(photo) if photo is not None else None
+            if photo is None or data is None:
                 raise IndexUnusable("the photos the int8 model was calibrated on are not at "
                                     "hand (archive moved?); re-index with --precision int8 "
                                     "--rebuild, or with --precision fp32", index.root)
-            out.append(spec.to_input(decode(data, photo.path, draft=spec.archive_draft_size)
-                                     .image))
-    except DupecheckError as exc:
-        if isinstance(exc, IndexUnusable):
-            raise
-        raise IndexUnusable(f"cannot rebuild the int8 model: {exc}", index.root) from exc
-    finally:
-        if archive is not None:
-            archive.close()
+            try:
+                image = decode(data, photo.path, draft=spec.archive_draft_size).image
+            except DupecheckError as exc:
+                raise IndexUnusable(f"cannot rebuild the int8 model: {exc}",
+                                    index.root) from exc
+            out.append(spec.to_input(image))
     return np.stack(out)
 
 

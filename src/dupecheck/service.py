@@ -11,7 +11,6 @@ disk. Errors are JSON: {"error": "..."}.
 
 from __future__ import annotations
 
-import functools
 import io
 import secrets
 import threading
@@ -27,11 +26,9 @@ import anyio
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import report
-from .archive import KIND_ADDED, Archive
 from .engines import Engine, ModelSpec
 from .errors import DupecheckError
 from .search import DEFAULT_TOP_K, Searcher, Upload, check_photos, effective_threshold
@@ -300,9 +297,7 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
         index, _ = state.index()
         if not 0 <= row < len(index):
             raise ApiError(404, f"no row {row} (the index has {len(index)} photos)")
-        data = _thumbnail(index.root, index.generation, tuple(index.archives), row,
-                          index.photos[row].path, index.photos[row].kind,
-                          index.photos[row].sha256)
+        data = _thumbnail(index, row)
         if data is None:
             raise ApiError(404, "the archive this photo came from cannot be read now")
         return Response(data, media_type="image/jpeg",
@@ -332,24 +327,13 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
     return BodyLimit(app, max_upload_bytes)
 
 
-@functools.lru_cache(maxsize=512)
-def _thumbnail(root: Path, generation: str, archives: tuple[str, ...], row: int, path: str,
-               kind: str, sha256: str) -> bytes | None:
-    from .added import stored_copy
-    from .imaging import decode
+def _thumbnail(index: Index, row: int) -> bytes | None:
+    """The row's thumbnail as JPEG bytes, through the thumbnail cache (made once)."""
+    from .thumbs import row_thumbnails
 
-    try:
-        if kind == KIND_ADDED:
-            data = stored_copy(root, sha256)
-        else:
-            with Archive([Path(a) for a in archives]) as archive:
-                data = archive.read(path)
-        if data is None:
-            return None
-        img = decode(data, path, draft=THUMB_SIDE).image
-    except DupecheckError:
+    img = row_thumbnails(index, [row], THUMB_SIDE, workers=1)[0]
+    if img is None:
         return None
-    img.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=80)
     return buf.getvalue()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from .archive import KIND_ADDED, Archive
 from .errors import DupecheckError
 from .store import Index, IndexedPhoto
 
@@ -60,36 +59,28 @@ def row_thumbnails(index: Index, rows: Sequence[int], side: int, keep: int | Non
     """One thumbnail per row, made (and cached) with long side `side` and returned with
     long side `keep` (memory: 10,000 at 64 px hold ~90 MB); None where the photo cannot be
     read (the archive moved, the member is damaged)."""
-    from .added import stored_copy
+    from .added import photo_reader
     from .imaging import decode
 
     folder = (cache or thumbs_dir()) / str(side)
-    try:
-        archive: Archive | None = (Archive([Path(a) for a in index.archives])
-                                   if index.archives else None)
-    except DupecheckError:
-        archive = None
 
-    def one(photo: IndexedPhoto) -> Image.Image | None:
-        img = made(photo)
+    def one(read: Callable[[IndexedPhoto], bytes | None], photo: IndexedPhoto
+            ) -> Image.Image | None:
+        img = made(read, photo)
         if img is not None and keep is not None and max(img.size) > keep:
             img.thumbnail((keep, keep), Image.Resampling.BILINEAR)
         return img
 
-    def made(photo: IndexedPhoto) -> Image.Image | None:
+    def made(read: Callable[[IndexedPhoto], bytes | None], photo: IndexedPhoto
+             ) -> Image.Image | None:
         path = folder / photo.sha256[:2] / f"{photo.sha256}.jpg"
         img = _cached(path, side)
         if img is not None:
             return img
+        data = read(photo)
+        if data is None:
+            return None
         try:
-            if photo.kind == KIND_ADDED:
-                data = stored_copy(index.root, photo.sha256)
-            elif archive is not None:
-                data = archive.read(photo.path)
-            else:
-                data = None
-            if data is None:
-                return None
             img = decode(data, photo.path, draft=side).image
         except DupecheckError:
             return None
@@ -99,13 +90,10 @@ def row_thumbnails(index: Index, rows: Sequence[int], side: int, keep: int | Non
         return img
 
     out: list[Image.Image | None] = []
-    try:
-        with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
-            for img in pool.map(one, [index.photos[r] for r in rows]):
-                out.append(img)
-                if progress and (len(out) % 64 == 0 or len(out) == len(rows)):
-                    progress(len(out), len(rows))
-    finally:
-        if archive is not None:
-            archive.close()
+    with photo_reader(index) as read, \
+            ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
+        for img in pool.map(lambda photo: one(read, photo), [index.photos[r] for r in rows]):
+            out.append(img)
+            if progress and (len(out) % 64 == 0 or len(out) == len(rows)):
+                progress(len(out), len(rows))
     return out

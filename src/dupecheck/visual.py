@@ -10,13 +10,11 @@ import base64
 import html
 import io
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .added import stored_copy
-from .archive import KIND_ADDED, Archive
+from .added import photo_reader
 from .errors import DupecheckError
 from .imaging import decode
 from .search import CheckResult
@@ -37,22 +35,9 @@ def _placeholder(text: str, size: int = THUMB) -> Image.Image:
     return tile
 
 
-@contextmanager
-def _archive_for(index: Index) -> Iterator[Archive | None]:
-    try:
-        archive = Archive([Path(a) for a in index.archives]) if index.archives else None
-    except DupecheckError:
-        archive = None
-    try:
-        yield archive
-    finally:
-        if archive is not None:
-            archive.close()
-
-
 def _thumbnails(index: Index, results: list[CheckResult]
                 ) -> Iterator[tuple[CheckResult, Image.Image, list[Image.Image]]]:
-    with _archive_for(index) as archive:
+    with photo_reader(index) as read:
         for result in results:
             try:
                 cand = _thumbnail(decode(Path(result.photo).read_bytes(), result.photo,
@@ -61,15 +46,10 @@ def _thumbnails(index: Index, results: list[CheckResult]
                 cand = _placeholder("cannot read")
             tiles = []
             for m in result.matches:
+                data = read(m.photo)
                 try:
-                    if m.photo.kind == KIND_ADDED:  # not in any archive: the copy kept of it
-                        data = stored_copy(index.root, m.photo.sha256)
-                        if data is None:
-                            raise DupecheckError("copy not found")
-                    elif archive is None:
+                    if data is None:
                         raise DupecheckError("archive not found")
-                    else:
-                        data = archive.read(m.photo.path)
                     tile = _thumbnail(decode(data, m.photo.path, draft=THUMB * 2).image)
                     tiles.append(_draw_box(tile, m.transform.box) if m.transform else tile)
                 except DupecheckError:
