@@ -306,17 +306,21 @@ def _choose_int8(archive: Archive, hashed: list[tuple[PhotoRecord, str]], spec: 
     """Quantize on a sample of the archive and run the fidelity gate: (calibration photos,
     their reader) when int8 passed, (None, ...) when fp32 must be used (summary says why)."""
     record_of = {sha: record for record, sha in hashed}
+    decoded: dict[str, np.ndarray | None] = {}  # a small archive's two samples overlap
 
-    def readable(shas: Sequence[str]) -> tuple[list[str], np.ndarray]:
-        used, pixels = [], []
-        for sha in shas:
+    def model_input(sha: str) -> np.ndarray | None:
+        if sha not in decoded:
             try:
                 photo = decode(archive.read(record_of[sha].path), record_of[sha].path,
                                draft=spec.archive_draft_size)
+                decoded[sha] = spec.to_input(photo.image)
             except (ArchiveError, ImageError):
-                continue  # the index run reports it; the sample goes on without it
-            used.append(sha)
-            pixels.append(spec.to_input(photo.image))
+                decoded[sha] = None  # the index run reports it; the sample goes on without
+        return decoded[sha]
+
+    def readable(shas: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        used = [sha for sha in shas if model_input(sha) is not None]
+        pixels = [model_input(sha) for sha in used]
         return used, (np.stack(pixels) if pixels else np.zeros((0, 3, spec.crop, spec.crop)))
 
     def pixels_of(shas: Sequence[str]) -> np.ndarray:
