@@ -56,6 +56,16 @@ def machine() -> dict[str, object]:
             "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
 
+def workspace(name: str) -> tuple[Path, dict[str, object]]:
+    """A fresh folder for the run (its own dupecheck cache inside), and the run's document,
+    which starts with the machine, printed."""
+    work = Path(tempfile.mkdtemp(prefix=f"dupecheck-{name}-"))
+    os.environ.setdefault("XDG_CACHE_HOME", str(work / "cache"))
+    doc: dict[str, object] = {"machine": machine()}
+    print("machine:", json.dumps(doc["machine"]))
+    return work, doc
+
+
 def save(doc: dict[str, object], out: Path) -> int:
     """Write the run's figures as JSON (what benchmarks/ keeps) and say where."""
     out.write_text(json.dumps(doc, indent=2))
@@ -397,10 +407,7 @@ def main() -> int:
                         help="comma list of: index,check,rss,load,search")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    work = Path(tempfile.mkdtemp(prefix="dupecheck-bench-"))
-    os.environ.setdefault("XDG_CACHE_HOME", str(work / "cache"))
-    doc: dict[str, object] = {"machine": machine()}
-    print("machine:", json.dumps(doc["machine"]))
+    work, doc = workspace("bench")
     try:
         if "index" not in skip:
             doc["index"] = bench_index(args.models.split(","), args.photos, work, args.repeat)

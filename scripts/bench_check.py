@@ -19,14 +19,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench import _MEASURED, machine, random_weights, save, table  # noqa: E402
+from bench import _MEASURED, random_weights, save, table, workspace  # noqa: E402
 from bench_reframed import check_cost  # noqa: E402
 
 HEIC = "heic__IMG_2927.HEIC"  # an iPhone's 12 MP HEIC
@@ -65,10 +64,8 @@ def main() -> int:
                         help="The revision compared against (default: before this work).")
     parser.add_argument("--out", type=Path, default=REPO / "bench-check.json")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="dupecheck-bench-check-"))
-    os.environ.setdefault("XDG_CACHE_HOME", str(work / "cache"))
-    doc: dict[str, object] = {"machine": machine(), "baseline": args.baseline}
-    print(doc["machine"])
+    work, doc = workspace("bench-check")
+    doc["baseline"] = args.baseline
     try:
         random_weights("resnet50", work)
         check_cost(args.photos, work, runs=1)  # builds work/check-local (10,000 rows)

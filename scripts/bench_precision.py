@@ -18,12 +18,9 @@ writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench import machine, random_weights, save, table  # noqa: E402
+from bench import random_weights, save, table, workspace  # noqa: E402
 from bench_reframed import export_like  # noqa: E402
 
 from dupecheck.engines import MODELS, load_engine  # noqa: E402
@@ -62,10 +59,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench-precision.json")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="dupecheck-bench-precision-"))
-    os.environ.setdefault("XDG_CACHE_HOME", str(work / "cache"))
-    doc: dict[str, object] = {"machine": machine()}
-    print(json.dumps(doc["machine"]))
+    work, doc = workspace("bench-precision")
     try:
         spec = MODELS["resnet50"]
         weights = random_weights("resnet50", work)

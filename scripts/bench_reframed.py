@@ -18,12 +18,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +32,14 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench import machine, random_weights, run_measured, save, synthetic_index, table  # noqa: E402
+from bench import (  # noqa: E402
+    random_weights,
+    run_measured,
+    save,
+    synthetic_index,
+    table,
+    workspace,
+)
 
 import tiny_engine  # noqa: E402  (weight-free evidence: the embedding is off in section 1)
 from dupecheck import localfeatures as lf  # noqa: E402
@@ -256,10 +261,7 @@ def main() -> int:
                         help="comma list of: quality,index,check,cpu")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    work = Path(tempfile.mkdtemp(prefix="dupecheck-bench-reframed-"))
-    os.environ.setdefault("XDG_CACHE_HOME", str(work / "cache"))
-    doc: dict[str, object] = {"machine": machine()}
-    print("machine:", json.dumps(doc["machine"]))
+    work, doc = workspace("bench-reframed")
     try:
         if "quality" not in skip:
             doc["quality"] = quality(args.photos, work)
