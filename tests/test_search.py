@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,10 @@ from helpers import jpeg_bytes, synthetic_photo
 
 TINY = tiny_engine.TINY
 DIM = TINY.dim
+
+
+def fake_sha(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
 
 
 def unit(v):
@@ -51,14 +57,14 @@ def made_index(tmp_path):
         ("s-near-31", 0.20, 31),
         ("s-32", 0.30, 32),
     ]
-    photos = [IndexedPhoto(f"media/{sha}.jpg", "post", None, sha, None, sha.ljust(64, "0"))
+    photos = [IndexedPhoto(f"media/{sha}.jpg", "post", None, sha, None, fake_sha(sha))
               for sha, _, _ in spec]
     emb = np.stack([basis_mix(c) for _, c, _ in spec])
     pdq = np.stack([far if d == 256 else flip_bits(query_hash, d) for _, _, d in spec])
     entry = ModelEntry(TINY.name, DIM, "0" * 64, "/w", TINY.preprocessing)
     write_index(tmp_path / "idx", photos, pdq, {TINY.name: (entry, emb)}, [])
     index = open_index(tmp_path / "idx")
-    cand = Candidate("cand.jpg", "s-exact".ljust(64, "0"), ["full"], query_hash[None],
+    cand = Candidate("cand.jpg", fake_sha("s-exact"), ["full"], query_hash[None],
                      np.zeros((1, 3, 32, 32), np.float32))
     return index, cand
 
@@ -81,7 +87,7 @@ def test_ranking_exact_then_near_by_distance_ties_by_cosine_then_cosine(made_ind
 
 def test_top_k_cuts_and_threshold_one_turns_embeddings_off(made_index):
     index, cand = made_index
-    cand.sha256 = "nothing".ljust(64, "0")
+    cand.sha256 = fake_sha("nothing")
     cand.pdq = np.random.default_rng(7).integers(0, 256, (1, 32), dtype=np.uint8)  # ~128 bits
     searcher = Searcher(index, TINY.name)
     result = searcher.search(cand, basis_mix(1.0)[None], 0.9, top_k=2)
@@ -147,7 +153,11 @@ def test_pdq_distances_agree_with_counting_bits():
     by_bits = np.unpackbits(np.bitwise_xor(hashes, query), axis=1).sum(axis=1)
     assert np.array_equal(fast, by_bits)
     index = type("I", (), {"pdq": hashes, "photos": [], "embeddings": lambda self, m: None,
-                           "verify_in_background": lambda self, m: None})()
+                           "verify_in_background": lambda self, m: None, "models": {}})()
     searcher = Searcher(index, "x")
     assert np.array_equal(searcher._pdq(slice(None), query), by_bits)
     assert np.array_equal(searcher._pdq(np.array([3, 7]), query), by_bits[[3, 7]])
+    queries = rng.integers(0, 256, (4, 32), dtype=np.uint8)
+    nearest = np.min([np.unpackbits(np.bitwise_xor(hashes, q), axis=1).sum(axis=1)
+                      for q in queries], axis=0)
+    assert np.array_equal(searcher._best_pdq(queries), nearest)

@@ -164,23 +164,125 @@ def test_edited_manifest_is_refused(tmp_path):
         open_index(root)
 
 
+def republish(root, edit) -> None:
+    """Edit a generation's manifest (and its files through `edit`), then make every
+    checksum consistent again, as a careful forger would."""
+    import hashlib
+
+    gen = generation_dir(root)
+    manifest = json.loads((gen / "manifest.json").read_text())
+    edit(gen, manifest)
+    for name in manifest["files"]:
+        manifest["files"][name] = hashlib.sha256((gen / name).read_bytes()).hexdigest()
+    if "blake3" in manifest:
+        from dupecheck.store import _file_blake3
+
+        manifest["blake3"] = {name: _file_blake3(gen / name) for name in manifest["files"]}
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    sha = hashlib.sha256((gen / "manifest.json").read_bytes()).hexdigest()
+    (root / CURRENT_FILE).write_text(f"{gen.name} {sha}\n")
+
+
+def as_written_by_1_0(gen, manifest) -> None:
+    """What dupecheck 1.0 wrote: photos.json on one line, SHA-256 only, no row columns."""
+    photos = gen / "photos.json"
+    photos.write_text(json.dumps(json.loads(photos.read_text())))
+    manifest.pop("blake3")
+    for name in ("photos-spans.npy", "photos-sha256.npy"):
+        manifest["files"].pop(name)
+        (gen / name).unlink()
+
+
 def test_row_count_disagreeing_with_metadata_is_refused(tmp_path):
     """Consistent checksums everywhere (photos.json, manifest, CURRENT), yet 4 rows where
     the manifest says 5: the row-count check itself must refuse it."""
+    root = tmp_path / "idx"
+    write(root)
+
+    def drop_a_row(gen, manifest):
+        as_written_by_1_0(gen, manifest)
+        photos = gen / "photos.json"
+        photos.write_bytes(json.dumps(json.loads(photos.read_text())[:4]).encode())
+
+    republish(root, drop_a_row)
+    with pytest.raises(IndexUnusable, match="photos.json has 4 rows, the manifest says 5"):
+        open_index(root)
+
+
+def test_row_columns_disagreeing_with_the_count_are_refused(tmp_path):
+    root = tmp_path / "idx"
+    write(root)
+
+    def drop_a_span(gen, manifest):
+        np.save(gen / "photos-spans.npy", np.load(gen / "photos-spans.npy")[:4])
+
+    republish(root, drop_a_span)
+    with pytest.raises(IndexUnusable, match=r"shape \(4, 2\)"):
+        open_index(root)
+
+
+def test_rows_are_read_lazily_and_each_agrees_with_its_hash_column(tmp_path):
+    root = tmp_path / "idx"
+    photos = rows(5)
+    photos[3] = IndexedPhoto("media/posts/caf\udce9 \u00e9.jpg", "post", None, "line\nbreak",
+                             2, "f" * 64)
+    write_index(root, photos, np.zeros((5, 32), np.uint8),
+                {"tiny-test": (entry(), np.ones((5, 8), np.float32))}, [])
+    index = open_index(root)
+    assert index.photos._all is None  # opening parsed no row
+    assert index.photos[3] == photos[3] and index.photos[-1] == photos[-1]
+    assert index.photos[1:3] == photos[1:3]
+    assert index.photos._all is None  # nor did reading three
+    assert index.rows_with_sha256("f" * 64) == [3]
+    assert index.rows_with_sha256(photos[0].sha256) == [0]
+    assert index.rows_with_sha256("e" * 64) == [] and index.rows_with_sha256("zz") == []
+    assert list(index.photos) == photos
+    with pytest.raises(IndexError):
+        index.photos[5]
+    # photos.json is still one JSON array: what dupecheck 1.0 reads
+    gen = generation_dir(root)
+    assert json.loads((gen / "photos.json").read_bytes())[3]["caption"] == "line\nbreak"
+
+    def swap_two_digests(gen, manifest):
+        digests = np.load(gen / "photos-sha256.npy")
+        np.save(gen / "photos-sha256.npy", digests[[1, 0, 2, 3, 4]])
+
+    republish(root, swap_two_digests)
+    index = open_index(root)
+    assert index.photos[2] == photos[2]
+    with pytest.raises(IndexUnusable, match="row 0 disagrees"):
+        index.photos[0]
+    with pytest.raises(IndexUnusable, match="disagrees"):
+        list(index.photos)
+
+
+def test_an_index_written_by_1_0_opens_and_is_checked_by_sha256(tmp_path):
+    root = tmp_path / "idx"
+    _index, emb = write(root)
+    republish(root, as_written_by_1_0)
+    index = open_index(root)
+    assert list(index.photos) == rows(5) and index.rows_with_sha256(f"{2:064x}") == [2]
+    assert np.array_equal(index.embeddings("tiny-test"), emb)
+    tamper_same_shape(generation_dir(root))
+    with pytest.raises(IndexUnusable, match="checksum"):
+        open_index(root).embeddings("tiny-test")
+
+
+def test_both_digests_are_written_and_blake3_is_the_one_checked(tmp_path, monkeypatch):
     import hashlib
 
     root = tmp_path / "idx"
     write(root)
     gen = generation_dir(root)
-    photos = gen / "photos.json"
-    photos.write_bytes(json.dumps(json.loads(photos.read_text())[:4]).encode())
     manifest = json.loads((gen / "manifest.json").read_text())
-    manifest["files"]["photos.json"] = hashlib.sha256(photos.read_bytes()).hexdigest()
-    (gen / "manifest.json").write_text(json.dumps(manifest))
-    sha = hashlib.sha256((gen / "manifest.json").read_bytes()).hexdigest()
-    (root / CURRENT_FILE).write_text(f"{gen.name} {sha}\n")
-    with pytest.raises(IndexUnusable, match="photos.json has 4 rows, the manifest says 5"):
-        open_index(root)
+    assert set(manifest["blake3"]) == set(manifest["files"])
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((gen / name).read_bytes()).hexdigest() == digest
+    from dupecheck import store
+
+    monkeypatch.setattr(store, "_file_sha256", lambda path: pytest.fail(f"SHA-256 of {path}"))
+    index = open_index(root)
+    index.embeddings("tiny-test")
 
 
 def test_pickled_pdq_file_is_refused_without_executing(tmp_path):

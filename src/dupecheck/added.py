@@ -289,12 +289,12 @@ def remove_photos(index_dir: Path, targets: Sequence[str]) -> RemoveSummary:
     content). An export's photo is refused: the export decides what it holds."""
     with writer_lock(index_dir):
         index = open_index(index_dir)
+        photos = list(index.photos)
         drop: set[int] = set()
         for target in targets:
-            rows = [r for r, p in enumerate(index.photos) if p.path == target]
+            rows = [r for r, p in enumerate(photos) if p.path == target]
             if not rows and Path(target).is_file():
-                sha = sha256_bytes(Path(target).read_bytes())
-                rows = [r for r, p in enumerate(index.photos) if p.sha256 == sha]
+                rows = index.rows_with_sha256(sha256_bytes(Path(target).read_bytes()))
             if not rows:
                 raise UsageError(f"{target}: no such photo in the index (use the path `check` "
                                  f"shows, or the file itself)")
@@ -326,7 +326,8 @@ def _publish_rows(index: Index, keep: list[int]) -> None:
         assert old is not None
         desc, meta = old.descriptors[rows], old.meta[rows]
         local = LocalArrays(desc, old.points[rows], meta, build_shortlist(desc, meta))
-    write_index(index.root, [index.photos[r] for r in keep], index.pdq[rows], embeddings,
+    photos = list(index.photos)
+    write_index(index.root, [photos[r] for r in keep], index.pdq[rows], embeddings,
                 index.archives, local)
 
 

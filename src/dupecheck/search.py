@@ -9,12 +9,14 @@ frame and as each crop that Instagram could have posted; the best variant counts
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import cosines
 from .engines import Engine, ModelSpec, embed_images
 from .errors import DupecheckError, ImageError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
@@ -150,19 +152,18 @@ class Searcher:
     the top k.
     """
 
-    BLOCK = 32768  # rows per pass: the block's scores stay in cache
-
     def __init__(self, index: Index, model: str) -> None:
         self.index = index
         self.model = model
         index.verify_in_background(model)  # checked while the photos decode and embed
+        entry = index.models.get(model)
+        if entry is not None and cosines.uses_graph(len(index), entry.dim):
+            threading.Thread(target=cosines.prepare, args=(len(index), entry.dim),
+                             name="dupecheck-cosines", daemon=True).start()
         self._embeddings: np.ndarray | None = None
         # The 256 bits as four contiguous 64-bit columns: popcounts over whole columns.
         self.pdq_columns = np.ascontiguousarray(
             np.ascontiguousarray(index.pdq).view(np.uint64).T)  # (4, N)
-        self.rows_by_sha: dict[str, list[int]] = {}
-        for row, photo in enumerate(index.photos):
-            self.rows_by_sha.setdefault(photo.sha256, []).append(row)
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -199,27 +200,35 @@ class Searcher:
             total += np.bitwise_count(self.pdq_columns[w, rows] ^ words[w])
         return total
 
-    def _best_cosines(self, vectors: np.ndarray) -> np.ndarray:
-        """Per row, the cosine of the best variant, one cache-sized block at a time."""
-        matrix = np.asarray(self.embeddings)
-        q = np.ascontiguousarray(np.asarray(vectors, np.float32).T)  # (dim, V)
-        best = np.empty(len(matrix), np.float32)
-        for start in range(0, len(matrix), self.BLOCK):
-            block = matrix[start:start + self.BLOCK] @ q
-            np.max(block, axis=1, out=best[start:start + self.BLOCK])
+    def _best_pdq(self, hashes: np.ndarray) -> np.ndarray:
+        """Per row, the PDQ distance to the nearest of the variants' hashes: XOR and
+        popcount into reused buffers (a 1M-row index: 33 ms instead of 50)."""
+        n = self.pdq_columns.shape[1]
+        word, bits = np.empty(n, np.uint64), np.empty(n, np.uint8)
+        best = np.full(n, 1 << 9, np.int32)
+        total = np.empty(n, np.int32)
+        for query in hashes:
+            words = np.ascontiguousarray(query).view(np.uint64)
+            total.fill(0)
+            for w in range(4):
+                np.bitwise_xor(self.pdq_columns[w], words[w], out=word)
+                np.bitwise_count(word, out=bits)
+                np.add(total, bits, out=total)
+            np.minimum(best, total, out=best)
         return best
+
+    def _best_cosines(self, vectors: np.ndarray) -> np.ndarray:
+        """Per row, the cosine of the best variant."""
+        return cosines.best_cosines(self.embeddings, vectors)
 
     def search(self, cand: Candidate, vectors: np.ndarray, threshold: float, top_k: int,
                skip_rows: frozenset[int] = frozenset()) -> CheckResult:
         n = len(self.index)
         if n == 0:
             return CheckResult(cand.path, NEW)
-        all_rows = slice(None)
-        best_pdq = self._pdq(all_rows, cand.pdq[0])
-        for h in cand.pdq[1:]:
-            np.minimum(best_pdq, self._pdq(all_rows, h), out=best_pdq)
+        best_pdq = self._best_pdq(cand.pdq)
         best_cos = self._best_cosines(vectors)
-        exact = [r for r in self.rows_by_sha.get(cand.sha256, []) if r not in skip_rows]
+        exact = [r for r in self.index.rows_with_sha256(cand.sha256) if r not in skip_rows]
         if skip_rows:
             skipped = np.fromiter(skip_rows, dtype=np.int64)
             best_pdq[skipped] = 1 << 16
@@ -333,7 +342,7 @@ def check_photos(paths: list[Source], index: Index, spec: ModelSpec,
             assert vectors is not None
             v = len(item.variants)
             excluded = (not_matches or {}).get(item.sha256, set())
-            skip = frozenset(r for sha in excluded for r in searcher.rows_by_sha.get(sha, []))
+            skip = frozenset(r for sha in excluded for r in index.rows_with_sha256(sha))
             result = searcher.search(item, vectors[offset:offset + v], threshold, top_k, skip)
             result.sha256 = item.sha256
             result.skipped = sorted(index.photos[r].path for r in skip)
