@@ -18,7 +18,7 @@ mix. Every file is checked against the hashes in the manifest, and the manifest
 against CURRENT: a truncated, edited or swapped file is refused, never used.
 
 The manifest holds two digests of each file: SHA-256 (`files`, what dupecheck 1.0
-reads) and BLAKE3 (`blake3`, what this version checks: as strong, and ~7x faster on
+reads) and BLAKE3 (`blake3`, what this version checks: as strong, and several times faster on
 two cores, which is what lets a 1M-row index open and verify in a fraction of a second).
 Rows are parsed from photos.json only when they are asked for (`PhotoRows`).
 """
