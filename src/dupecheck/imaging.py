@@ -33,13 +33,15 @@ _OFFSET_TIME_ORIGINAL = 36881
 _openers_registered = False
 
 
-def _register_openers() -> None:
+def _register_openers(heif: bool = True) -> None:
+    """Pillow's pixel limit always; pillow-heif (~20 ms to import) only once a HEIF or AVIF
+    photo needs it, so a JPEG's cold check does not pay for it."""
     global _openers_registered
-    if not _openers_registered:
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    if heif and not _openers_registered:
         from pillow_heif import register_heif_opener
 
         register_heif_opener()
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
         _openers_registered = True
 
 
@@ -57,8 +59,8 @@ def decode(data: bytes, name: str, draft: int | None = None) -> DecodedPhoto:
 
     Raises ImageError naming the file and the reason.
     """
-    _register_openers()
     fmt = sniff(data[:64])
+    _register_openers(heif=fmt in ("heif", "avif"))
     if not data:
         raise ImageError("empty file", name)
     if fmt not in IMAGE_FORMATS:
