@@ -136,7 +136,7 @@ def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[s
             n = summary.photos
     index = open_index(work / f"cost-{photos_dir.name}-True-{repeat - 1}")
     gen = index.root / index.generation
-    local_bytes = sum((gen / name).stat().st_size for name in index.file_sha256
+    local_bytes = sum((gen / name).stat().st_size for name in index.checksums.sha256
                       if name.startswith("local-"))
     without, with_ = statistics.median(times[False]), statistics.median(times[True])
     result = {"folder": label, "photos": n, "without_s": without, "with_s": with_,

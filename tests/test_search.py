@@ -155,8 +155,8 @@ def test_pdq_distances_agree_with_counting_bits(monkeypatch):
     index = type("I", (), {"pdq": hashes, "photos": [], "embeddings": lambda self, m: None,
                            "verify_in_background": lambda self, m: None, "models": {}})()
     searcher = Searcher(index, "x")
-    assert np.array_equal(searcher._pdq(slice(None), query), by_bits)
-    assert np.array_equal(searcher._pdq(np.array([3, 7]), query), by_bits[[3, 7]])
+    assert np.array_equal(searcher._best_pdq(query[None]), by_bits)
+    assert np.array_equal(ev.pdq_distances(hashes[[3, 7]], query), by_bits[[3, 7]])
     queries = rng.integers(0, 256, (4, 32), dtype=np.uint8)
     nearest = np.min([np.unpackbits(np.bitwise_xor(hashes, q), axis=1).sum(axis=1)
                       for q in queries], axis=0)

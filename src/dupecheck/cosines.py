@@ -28,10 +28,10 @@ def uses_graph(rows: int, dim: int) -> bool:
     return rows * dim >= LARGE_ELEMENTS
 
 
-def prepare(rows: int, dim: int) -> None:
-    """Build the graph's session now if this matrix will use it (call from a thread)."""
+def prepare_in_background(rows: int, dim: int) -> None:
+    """If this matrix will use the graph, build its session in a thread now."""
     if uses_graph(rows, dim):
-        _graph_session()
+        threading.Thread(target=_graph_session, name="dupecheck-cosines", daemon=True).start()
 
 
 def best_cosines(matrix: np.ndarray, vectors: np.ndarray) -> np.ndarray:

@@ -54,11 +54,11 @@ def index_pixels(index: Index, spec: ModelSpec, shas: Sequence[str]) -> np.ndarr
     from .added import photo_reader
     from .imaging import decode
 
-    rows = {p.sha256: p for p in index.photos}
     out = []
     with photo_reader(index) as read:
         for sha in shas:
-            photo = rows.get(sha)
+            rows = index.rows_with_sha256(sha)
+            photo = index.photos[rows[0]] if rows else None
             data = read(photo) if photo is not None else None
             if photo is None or data is None:
                 raise IndexUnusable("the photos the int8 model was calibrated on are not at "

@@ -112,14 +112,13 @@ class Index:
 
     root: Path
     generation: str
-    photos: Sequence[IndexedPhoto]  # a PhotoRows when opened: rows parsed when asked for
+    photos: PhotoRows  # rows parsed when asked for
     pdq: np.ndarray
     models: dict[str, ModelEntry]
     archives: list[str]
     created_at: str
-    file_sha256: dict[str, str] = field(default_factory=dict)
+    checksums: Checksums
     local: LocalStore | None = None  # None: built before local features, or without them
-    checksums: Checksums | None = None
     _verifying: dict[str, _Verification] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -133,27 +132,21 @@ class Index:
         if pending is not None:
             pending.wait()
         else:
-            self._checks.verify(path)
+            self.checksums.verify(path)
         return _load_npy(path, mmap=True)
 
     def rows_with_sha256(self, sha256: str) -> list[int]:
         """Rows whose photo has this content hash (the exact evidence)."""
-        if isinstance(self.photos, PhotoRows):
-            return self.photos.rows_with_sha256(sha256)
-        return [r for r, p in enumerate(self.photos) if p.sha256 == sha256]
-
-    @property
-    def _checks(self) -> Checksums:
-        return self.checksums or Checksums(self.file_sha256, {})
+        return self.photos.rows_with_sha256(sha256)
 
     def verify_in_background(self, model: str) -> None:
-        """Start hashing the model's matrix in a thread (hashlib lets go of the GIL), so
+        """Start hashing the model's matrix in a thread (the hash lets go of the GIL), so
         that it overlaps with decoding and embedding the photo; `embeddings` waits for it,
         and raises what it found. Errors about the file itself are raised now."""
         if model in self._verifying:
             return
         path = self._embeddings_path(model)
-        self._verifying[model] = _Verification(path, self._checks)
+        self._verifying[model] = _Verification(path, self.checksums)
 
     def _embeddings_path(self, model: str) -> Path:
         entry = self.models.get(model)
@@ -195,16 +188,18 @@ class Checksums:
     sha256: Mapping[str, str]
     blake3: Mapping[str, str]
 
-    def verify(self, path: Path) -> None:
-        fast = self.blake3.get(path.name)
-        if fast is not None:
-            if _file_blake3(path) == fast:
-                return
-        elif self.sha256.get(path.name) is not None and \
-                _file_sha256(path) == self.sha256[path.name]:
-            return
-        raise IndexUnusable("does not match its checksum in the manifest (edited or damaged)",
-                            path)
+    def verify(self, path: Path, data: bytes | mmap.mmap | None = None) -> None:
+        """The file at `path`, or `data` read from it already (hashed as read: no second
+        read that could see another file)."""
+        if path.name in self.blake3:
+            found = _blake3(data) if data is not None else _file_blake3(path)
+            ok = found == self.blake3[path.name]
+        else:
+            found = hashlib.sha256(data).hexdigest() if data is not None else _file_sha256(path)
+            ok = found == self.sha256.get(path.name)
+        if not ok:
+            raise IndexUnusable("does not match its checksum in the manifest (edited or "
+                                "damaged)", path)
 
 
 class PhotoRows(Sequence[IndexedPhoto]):
@@ -222,6 +217,22 @@ class PhotoRows(Sequence[IndexedPhoto]):
         self._path = path
         self._all: list[IndexedPhoto] | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def parsed(cls, data: bytes | mmap.mmap, count: int, path: Path) -> PhotoRows:
+        """The rows of an index written by 1.0 (no row columns): parsed now, the hash
+        column derived from them."""
+        photos = _parse_all(data, path)
+        if len(photos) != count:
+            raise IndexUnusable(f"photos.json has {len(photos)} rows, the manifest says "
+                                f"{count}", path)
+        try:
+            digests = sha256_column(photos)
+        except ValueError as exc:
+            raise IndexUnusable(f"photos.json is malformed ({exc})", path) from exc
+        rows = cls(data, np.zeros((count, 2), np.int64), digests, path)
+        rows._all = photos
+        return rows
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -245,11 +256,7 @@ class PhotoRows(Sequence[IndexedPhoto]):
         """Every row, parsed once in one pass (dupes, map, re-index)."""
         with self._lock:
             if self._all is None:
-                try:
-                    records = json.loads(self._data[:])
-                    photos = [IndexedPhoto(**row) for row in records]
-                except (ValueError, TypeError) as exc:
-                    raise IndexUnusable(f"photos.json is malformed ({exc})", self._path) from exc
+                photos = _parse_all(self._data, self._path)
                 if len(photos) != len(self):
                     raise IndexUnusable(f"photos.json has {len(photos)} rows, its columns "
                                         f"{len(self)}", self._path)
@@ -278,6 +285,21 @@ def _parse_record(raw: bytes, path: Path) -> IndexedPhoto:
         return IndexedPhoto(**json.loads(raw))
     except (ValueError, TypeError) as exc:
         raise IndexUnusable(f"photos.json is malformed ({exc})", path) from exc
+
+
+def _parse_all(data: bytes | mmap.mmap, path: Path) -> list[IndexedPhoto]:
+    try:
+        return [IndexedPhoto(**row) for row in json.loads(data[:])]
+    except (ValueError, TypeError) as exc:
+        raise IndexUnusable(f"photos.json is malformed ({exc})", path) from exc
+
+
+def sha256_column(photos: Sequence[IndexedPhoto]) -> np.ndarray:
+    """Each photo's SHA-256 as (N, 32) uint8; ValueError for one that is not 64 hex digits."""
+    raw = b"".join(bytes.fromhex(p.sha256) for p in photos)
+    if len(raw) != 32 * len(photos):
+        raise ValueError("a photo's sha256 is not 64 hex digits")
+    return np.frombuffer(raw, np.uint8).reshape(len(photos), 32)
 
 
 @dataclass
@@ -474,11 +496,10 @@ def _open_generation(root: Path) -> Index:
     local_info = manifest.get("local")
     if isinstance(local_info, dict) and local_info.get("version") == LOCAL_VERSION:
         local = LocalStore(gen_dir, count, checks)
-    return Index(root, generation, photos, pdq, models, archives, created_at, files, local,
-                 checks)
+    return Index(root, generation, photos, pdq, models, archives, created_at, checks, local)
 
 
-def _open_rows(gen_dir: Path, count: int, checks: Checksums) -> Sequence[IndexedPhoto]:
+def _open_rows(gen_dir: Path, count: int, checks: Checksums) -> PhotoRows:
     """The rows: lazily when the generation has the row columns, else (an index written
     by 1.0) parsed now."""
     photos_path = gen_dir / PHOTOS_FILE
@@ -486,16 +507,9 @@ def _open_rows(gen_dir: Path, count: int, checks: Checksums) -> Sequence[Indexed
         size = os.fstat(fh.fileno()).st_size
         data: bytes | mmap.mmap = (mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
                                    if size else b"")
-    checks.verify(photos_path)
+    checks.verify(photos_path, data)
     if PHOTO_SPANS_FILE not in checks.sha256:
-        try:
-            photos = [IndexedPhoto(**row) for row in json.loads(data[:])]
-        except (ValueError, TypeError) as exc:
-            raise IndexUnusable(f"photos.json is malformed ({exc})", photos_path) from exc
-        if len(photos) != count:
-            raise IndexUnusable(f"photos.json has {len(photos)} rows, the manifest says "
-                                f"{count}", photos_path)
-        return photos
+        return PhotoRows.parsed(data, count, photos_path)
     spans = _load_verified(gen_dir / PHOTO_SPANS_FILE, np.dtype("<i8"), (count, 2), checks)
     digests = _load_verified(gen_dir / PHOTO_DIGESTS_FILE, np.dtype("u1"), (count, 32), checks)
     if count and not (spans[0, 0] >= 0 and spans[-1, 1] <= size
@@ -557,6 +571,10 @@ def _file_sha256(path: Path) -> str:
 def _file_blake3(path: Path) -> str:
     """BLAKE3 with every core (it lets go of the GIL), straight from a map of the file."""
     return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(path).hexdigest()
+
+
+def _blake3(data: bytes | mmap.mmap) -> str:
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
 
 
 # -- writing -------------------------------------------------------------------------
@@ -676,17 +694,9 @@ def _photo_rows(photos: Sequence[IndexedPhoto]) -> tuple[bytes, np.ndarray, np.n
     records = [json.dumps(asdict(p), ensure_ascii=False).encode("utf-8", "surrogatepass")
                for p in photos]
     lengths = np.fromiter((len(r) for r in records), np.int64, len(records))
-    starts = 2 + np.concatenate([[0], np.cumsum(lengths + 2)[:-1]]).astype(np.int64) \
-        if records else np.zeros(0, np.int64)
-    spans = np.stack([starts, starts + lengths], axis=1) if records \
-        else np.zeros((0, 2), np.int64)
-    data = b"[\n" + b",\n".join(records) + b"\n]\n"
-    try:
-        digests = np.frombuffer(b"".join(bytes.fromhex(p.sha256) for p in photos),
-                                np.uint8).reshape(len(photos), 32)
-    except ValueError as exc:
-        raise ValueError(f"a row's sha256 is not 64 hex digits ({exc})") from exc
-    return data, spans.astype("<i8"), digests
+    ends = np.cumsum(lengths + 2)  # "[\n" before the first record, ",\n" between records
+    spans = np.stack([ends - lengths, ends], axis=1).astype("<i8")
+    return b"[\n" + b",\n".join(records) + b"\n]\n", spans, sha256_column(photos)
 
 
 def _write_local(tmp_dir: Path, local: LocalArrays, files: dict[str, str]) -> dict[str, Any]:
