@@ -23,6 +23,8 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +53,23 @@ from dupecheck.store import LocalArrays, open_index, write_index  # noqa: E402
 from helpers import instagramify, reedit_cases, reedit_split  # noqa: E402
 
 
+@contextmanager
+def archive_side(side: int) -> Iterator[None]:
+    """Archive features taken at `side` for the block (the library reads the constant at
+    call time for exactly this comparison)."""
+    kept = lf.ARCHIVE_FEATURE_SIDE
+    lf.ARCHIVE_FEATURE_SIDE = side
+    try:
+        yield
+    finally:
+        lf.ARCHIVE_FEATURE_SIDE = kept
+
+
 def quality(photos_dir: Path, work: Path,
-            parts: tuple[str, ...] = ("tuning", "tuning-2", "held-back")
-            ) -> list[dict[str, object]]:
+            parts: tuple[str, ...] = ("tuning", "tuning-2", "held-back"),
+            sides: tuple[int, ...] | None = None) -> list[dict[str, object]]:
+    """Per part: PDQ alone, then re-framed with archive features taken at each side."""
+    sides = sides or (lf.ARCHIVE_FEATURE_SIDE,)
     rows = []
     weights = tiny_engine.write_weights(work / "tiny.npy")
     engine = load_engine(tiny_engine.TINY, weights)
@@ -71,9 +87,11 @@ def quality(photos_dir: Path, work: Path,
         row: dict[str, object] = {"part": part, "posted": len(posted), "re_edits":
                                   sum(1 for c in cases if c[0] is not None),
                                   "never_posted": sum(1 for c in cases if c[0] is None)}
-        for local in (False, True):
-            idx = work / f"idx-{part}-{local}"
-            build_index([folder], idx, tiny_engine.TINY, weights, local_features=local)
+        for side in (None, *sides):
+            idx = work / f"idx-{part}-{side}"
+            with archive_side(side or lf.ARCHIVE_FEATURE_SIDE):
+                build_index([folder], idx, tiny_engine.TINY, weights,
+                            local_features=side is not None)
             results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine, 1.0, 1)
             found = flagged = 0
             by_edit: dict[str, list[int]] = {}
@@ -88,17 +106,28 @@ def quality(photos_dir: Path, work: Path,
                 by_edit.setdefault(name, []).append(int(hit))
                 if res.matches and res.matches[0].inliers:
                     inliers.append(res.matches[0].inliers)
-            key = "with_local" if local else "pdq_alone"
-            row[key] = {"found": found, "flagged": flagged,
-                        "by_edit": {k: f"{sum(v)}/{len(v)}" for k, v in by_edit.items()}}
-            if local:
-                row["median_inliers_of_found"] = statistics.median(inliers) if inliers else 0
+            outcome: dict[str, object] = {
+                "found": found, "flagged": flagged,
+                "by_edit": {k: f"{sum(v)}/{len(v)}" for k, v in by_edit.items()}}
+            if side is None:
+                row["pdq_alone"] = outcome
+            else:
+                outcome["median_inliers_of_found"] = (statistics.median(inliers)
+                                                      if inliers else 0)
+                row[f"with_local_{side}px"] = outcome
+        row["with_local"] = row[f"with_local_{sides[0]}px"]
         rows.append(row)
-    table("1. re-edits found at rank 1 (embedding off), never-posted photos flagged",
-          ["part", "re-edits", "PDQ alone", "with re-framed", "never posted", "flagged"],
-          [[r["part"], r["re_edits"], r["pdq_alone"]["found"], r["with_local"]["found"],
-            r["never_posted"], r["with_local"]["flagged"]] for r in rows])
-    print("   per edit (held-back, with re-framed):", rows[-1]["with_local"]["by_edit"])
+    heads = ["part", "re-edits", "PDQ alone"]
+    for side in sides:
+        heads += [f"re-framed, archive {side} px", "flagged"]
+    table("1. re-edits found at rank 1 (embedding off), never-posted photos flagged "
+          f"(checked photos' features at {lf.CANDIDATE_MAX_SIDE} px)",
+          heads + ["never posted"],
+          [[r["part"], r["re_edits"], r["pdq_alone"]["found"]]
+           + [v for side in sides for v in (r[f"with_local_{side}px"]["found"],
+                                            r[f"with_local_{side}px"]["flagged"])]
+           + [r["never_posted"]] for r in rows])
+    print(f"   per edit (held-back, archive {sides[0]} px):", rows[-1]["with_local"]["by_edit"])
     return rows
 
 
@@ -232,7 +261,8 @@ def cpu_per_photo(photos_dir: Path, work: Path) -> dict[str, float]:
     images = [decode(p.read_bytes(), p.name, draft=spec.archive_draft_size).image
               for p in sorted(export.iterdir())]
     result: dict[str, float] = {}
-    for side in (lf.LOCAL_MAX_SIDE, 384):
+    for side in sorted({lf.LOCAL_MAX_SIDE, lf.CANDIDATE_MAX_SIDE,
+                        lf.ARCHIVE_FEATURE_SIDE}, reverse=True):
         lf.extract(images[0], side)  # warm-up
         start = time.process_time()
         for img in images:
@@ -257,6 +287,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench-reframed.json")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sides", default="",
+                        help="comma list of archive feature sides compared in section 1 "
+                             "(the first is the one reported as 'with re-framed')")
     parser.add_argument("--skip", default="",
                         help="comma list of: quality,index,check,cpu")
     args = parser.parse_args()
@@ -264,7 +297,8 @@ def main() -> int:
     work, doc = workspace("bench-reframed")
     try:
         if "quality" not in skip:
-            doc["quality"] = quality(args.photos, work)
+            doc["quality"] = quality(args.photos, work, sides=tuple(
+                int(v) for v in args.sides.split(",") if v))
         if "index" not in skip:
             doc["index"] = index_cost(args.photos, work, args.repeat)
         if "check" not in skip:

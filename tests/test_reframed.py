@@ -209,6 +209,34 @@ def test_a_truncated_local_file_or_forged_counts_are_refused_on_open(tmp_path):
         open_index(tmp_path / "idx")
 
 
+def test_features_of_an_older_extraction_are_never_used_and_re_indexing_renews_them(
+        export, candidate, tmp_path, tiny_weights, monkeypatch):
+    """Features taken another way (another side, another detector) would be matched against
+    the new ones: an index holding them opens without them, `check` says to re-index, and
+    re-indexing takes them again without running the model."""
+    import dupecheck.indexer as indexer
+    import dupecheck.store as store
+
+    idx = tmp_path / "older"
+    with monkeypatch.context() as m:
+        m.setattr(store, "LOCAL_VERSION", lf.LOCAL_VERSION - 1)
+        build_index([export], idx, TINY, tiny_weights)
+        assert open_index(idx).local is not None  # as the older version saw it
+    assert open_index(idx).local is None
+    text = cli("check", str(candidate), "--index", str(idx), "-t", "1.0", weights=tiny_weights)
+    assert text.exit_code == 0  # the re-edit is not found without its evidence...
+    assert "re-framed: off" in " ".join(text.stdout.split())
+    assert "re-run `dupecheck index`" in " ".join(text.stdout.split())  # ...and it says why
+    calls = []
+    real = indexer.extract
+    monkeypatch.setattr(indexer, "extract", lambda img: calls.append(1) or real(img))
+    summary = build_index([export], idx, TINY, tiny_weights)
+    assert summary.embedded == 0 and len(calls) == len(SOURCES)
+    assert open_index(idx).local is not None
+    assert cli("check", str(candidate), "--index", str(idx), "-t", "1.0",
+               weights=tiny_weights).exit_code == 1
+
+
 def test_local_features_are_reused_by_content_and_staged_for_resume(indexed, export, tmp_path,
                                                                      tiny_weights, monkeypatch):
     import dupecheck.indexer as indexer

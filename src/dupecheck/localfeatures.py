@@ -23,19 +23,24 @@ from PIL import Image
 
 # -- constants: one place ---------------------------------------------------------------------
 
-LOCAL_MAX_SIDE = 512  # features are taken on the photo reduced to this long side
-# A photo being checked is searched with features taken smaller (34 ms of CPU against 52
-# ms), its points then put in the LOCAL_MAX_SIDE frame so that every transform means the
-# same. On the two tuning parts of the re-edit set: 396/400 found at 384 px against 395/400
-# at 512, none flagged; held-back 197/200 both ways
-# (benchmarks/2026-11-28-reframed-candidate-384.txt).
+LOCAL_MAX_SIDE = 512  # the frame every photo's keypoints are placed in (RANSAC_PIXELS, boxes)
+# Features are taken smaller than that frame, their points then scaled into it, so that
+# every transform means the same. OpenCV's SIFT doubles its input first, so its cost goes
+# with the side squared: an archive photo at 320 px costs 15.6 ms of one core against 34.5
+# at 512 (LOCAL_VERSION 1). On the two tuning parts of the re-edit set, archive features at
+# 512 / 320 / 256 px found 396 / 394 / 387 of 400, none flagged at any size; 320 keeps the
+# target (97%) with room (benchmarks/2026-11-29-reframed-archive-320.txt).
+ARCHIVE_FEATURE_SIDE = 320
+# A photo being checked is searched with features taken at 384 px (34 ms of CPU against 52
+# ms at 512). On the two tuning parts: 396/400 found at 384 px against 395/400 at 512, none
+# flagged; held-back 197/200 both ways (benchmarks/2026-11-28-reframed-candidate-384.txt).
 CANDIDATE_MAX_SIDE = 384
 LOCAL_FEATURES = 256  # the strongest keypoints kept per photo
 DESCRIPTOR_DIM = 128  # SIFT
 # RootSIFT components are at most sqrt(0.2) (SIFT clamps at 0.2 of its L2 norm, L1 >= L2),
 # so x512 fits a byte with room to spare.
 ROOTSIFT_SCALE = 512.0
-LOCAL_VERSION = 1  # bump when extraction changes: stored features are then recomputed
+LOCAL_VERSION = 2  # bump when extraction changes: stored features are then recomputed
 
 RATIO = 0.8  # Lowe's ratio test
 RANSAC_PIXELS = 4.0  # reprojection error, in pixels of the 512-px frames
@@ -60,11 +65,11 @@ FLAT_MAX_DESCRIPTORS = 1 << 17  # below this the shortlist is exact (built on op
 
 @dataclass
 class LocalFeatures:
-    """One photo's keypoints and RootSIFT descriptors, at LOCAL_MAX_SIDE."""
+    """One photo's keypoints and RootSIFT descriptors, in the LOCAL_MAX_SIDE frame."""
 
-    points: np.ndarray  # (n, 2) float32, x and y in pixels of the reduced image
+    points: np.ndarray  # (n, 2) float32, x and y in pixels of the LOCAL_MAX_SIDE frame
     descriptors: np.ndarray  # (n, 128) uint8, RootSIFT x ROOTSIFT_SCALE
-    size: tuple[int, int]  # (width, height) of the reduced image
+    size: tuple[int, int]  # (width, height) of the photo in that frame
 
     def __len__(self) -> int:
         return len(self.points)
@@ -124,13 +129,18 @@ def reduce_for_features(img: Image.Image, max_side: int = LOCAL_MAX_SIDE) -> Ima
     return grey
 
 
-def extract(img: Image.Image, max_side: int = LOCAL_MAX_SIDE) -> LocalFeatures:
-    """RootSIFT features of an upright photo; a flat photo simply has few or none.
-    `max_side` other than LOCAL_MAX_SIDE is for measuring (scripts/bench_reframed.py)."""
-    grey = reduce_for_features(img, max_side)
+def extract(img: Image.Image, side: int | None = None) -> LocalFeatures:
+    """RootSIFT features of an upright photo, taken with its long side reduced to `side`
+    (ARCHIVE_FEATURE_SIDE when None, read at call time so that scripts/bench_reframed.py
+    can compare sides) and placed in the LOCAL_MAX_SIDE frame; a flat photo simply has few
+    or none."""
+    grey = reduce_for_features(img, side or ARCHIVE_FEATURE_SIDE)
     pixels = np.asarray(grey, dtype=np.uint8)
+    w, h = img.size
+    frame = min(1.0, LOCAL_MAX_SIDE / max(w, h, 1))
+    size = (max(1, round(w * frame)), max(1, round(h * frame)))
     empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8),
-                          grey.size)
+                          size)
     if min(pixels.shape) < 16:
         return empty
     keypoints, desc = _detector().detectAndCompute(pixels, None)
@@ -138,23 +148,17 @@ def extract(img: Image.Image, max_side: int = LOCAL_MAX_SIDE) -> LocalFeatures:
         return empty
     order = np.argsort([-k.response for k in keypoints], kind="stable")[:LOCAL_FEATURES]
     points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+    if size != grey.size:
+        points *= np.float32(size[0] / grey.size[0])
     desc = np.asarray(desc, np.float32)[order]
     root = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-7))
     quantised = np.clip(np.rint(root * ROOTSIFT_SCALE), 0, 255).astype(np.uint8)
-    return LocalFeatures(points, quantised, grey.size)
+    return LocalFeatures(points, quantised, size)
 
 
 def extract_candidate(img: Image.Image) -> LocalFeatures:
-    """Features of a photo being checked: taken at CANDIDATE_MAX_SIDE, with points and
-    size in the frame the archive's features use (LOCAL_MAX_SIDE)."""
-    features = extract(img, CANDIDATE_MAX_SIDE)
-    w, h = img.size
-    frame = min(1.0, LOCAL_MAX_SIDE / max(w, h, 1))
-    size = (max(1, round(w * frame)), max(1, round(h * frame)))
-    if features.size[0] == 0 or size == features.size:
-        return LocalFeatures(features.points, features.descriptors, size)
-    scale = size[0] / features.size[0]
-    return LocalFeatures(features.points * np.float32(scale), features.descriptors, size)
+    """Features of a photo being checked (CANDIDATE_MAX_SIDE, in the same frame)."""
+    return extract(img, CANDIDATE_MAX_SIDE)
 
 
 def as_unit_vectors(descriptors: np.ndarray) -> np.ndarray:

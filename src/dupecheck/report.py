@@ -119,7 +119,8 @@ def render_check(console: Console, model: str, threshold: float,
         return  # nothing was checked: the error lines say why
     similar = "off" if threshold >= 1.0 else f"cosine >= {threshold:g}"
     reframed = ("local features verified geometrically" if local
-                else "off (index built without local features: re-run `dupecheck index`)")
+                else "off (the index holds no local features this version can use: "
+                      "re-run `dupecheck index`)")
     console.print(f"[dim]model {model}; similar: {similar}; near-identical: PDQ distance "
                   f"<= 31 of 256 bits; re-framed: {reframed}[/dim]")
 
