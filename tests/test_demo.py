@@ -71,9 +71,10 @@ def test_a_cached_check_never_imports_torch(tmp_path, resnet50_weights):
     heavy = {m for m in imported if m.split(".")[0] in ("torch", "torchvision", "open_clip")}
     assert not heavy, sorted(heavy)[:10]
     # Nor what only other commands need: the analyses, plotting, the map's layout, serving;
-    # nor pillow-heif for a JPEG.
+    # nor pillow-heif for a JPEG; nor pydantic (Typer 0.29 would import it to parse options).
     unneeded = {m for m in imported if m.split(".")[0] in (
-        "matplotlib", "sklearn", "openTSNE", "scipy", "fastapi", "uvicorn", "pillow_heif")
+        "matplotlib", "sklearn", "openTSNE", "scipy", "fastapi", "uvicorn", "pillow_heif",
+        "pydantic")
         or m in ("dupecheck.analysis", "dupecheck.calibrate", "dupecheck.photomap",
                  "dupecheck.mapview", "dupecheck.visual", "dupecheck.service",
                  "dupecheck.indexer", "dupecheck.engines.quantize")}
