@@ -261,3 +261,39 @@ def test_version_and_help():
     assert "dupecheck" in invoke("--version").stdout
     result = invoke("--help")
     assert result.exit_code == 0 and "check" in result.stdout and "index" in result.stdout
+
+
+@pytest.mark.parametrize("argv, one_thread", [
+    (["dupecheck", "check", "x.jpg"], True),
+    (["dupecheck", "--debug", "check", "x.jpg", "--top-k", "3"], True),
+    (["dupecheck", "index", "export"], False),
+    (["dupecheck", "dupes"], False),
+])
+def test_check_starts_numpy_with_one_blas_thread_and_other_commands_with_all(argv, one_thread):
+    """A check's matrix work is small and numpy's OpenBLAS pool costs its start-up; the
+    pool is sized when numpy is imported, so the CLI decides before importing anything."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = " + repr(argv) + "; import dupecheck.cli; "
+            "from threadpoolctl import threadpool_info; "
+            "print(max(p['num_threads'] for p in threadpool_info() "
+            "if p['internal_api'] == 'openblas'))")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    cores = len(os.sched_getaffinity(0))
+    assert (int(out) == 1) == (one_thread or cores == 1), out
+
+
+def test_the_photos_a_check_names_are_found_before_typer_parses():
+    """Option values (a weights file, an index folder) are never taken for photos."""
+    from dupecheck.cli import _check_arguments
+
+    assert _check_arguments(["dupecheck", "--debug", "check", "a.jpg", "--top-k", "3",
+                             "--json", "b.heic", "--index=/x", "-t", "0.9"]) == ["a.jpg", "b.heic"]
+    assert _check_arguments(["dupecheck", "check", "--weights", "w.pth", "-q", "a.jpg",
+                             "--not", "media/1.jpg"]) == ["a.jpg"]
+    assert _check_arguments(["dupecheck", "index", "export"]) is None
+    assert _check_arguments(["dupecheck", "compare", "a.jpg", "b.jpg"]) is None

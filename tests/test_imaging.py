@@ -17,6 +17,7 @@ from dupecheck.imaging import (
     centre_crop_to_aspect,
     crop_variants,
     decode,
+    model_views,
     to_model_input,
 )
 from helpers import encode, jpeg_bytes, png_declaring, synthetic_photo
@@ -214,6 +215,24 @@ def test_crops_have_instagram_aspect_ratios(photo):
     assert centre_crop_to_aspect(portrait, 1.0).size == (300, 300)
 
 
+def test_crops_that_keep_the_shorter_side_share_the_full_frames_model_view():
+    """The models see a centre square of the shorter side: a portrait's 4:5 and 1:1 show
+    them the full frame's square again (embedded once), its 1.91:1 does not; a landscape's
+    4:5 narrows the shorter side."""
+    portrait = crop_variants(synthetic_photo(5, (300, 400)))
+    assert model_views(portrait) == [0, 0, 0, 3]
+    landscape = crop_variants(synthetic_photo(5, (400, 300)))
+    assert [n for n, _ in landscape] == [FULL_FRAME, "4:5", "1:1", "1.91:1"]
+    assert model_views(landscape) == [0, 1, 0, 3]
+    assert model_views(crop_variants(synthetic_photo(5, (400, 400)))) == [0, 1, 2]
+    # The shared view is the same square to within resampling: the inputs agree closely,
+    # while a view that differs (the 1.91:1 crop) does not.
+    full = to_model_input(portrait[0][1], 232, 224, (0.5,) * 3, (0.25,) * 3)
+    square = to_model_input(portrait[2][1], 232, 224, (0.5,) * 3, (0.25,) * 3)
+    wide = to_model_input(portrait[3][1], 232, 224, (0.5,) * 3, (0.25,) * 3)
+    assert np.abs(full - square).mean() < 0.2 * np.abs(full - wide).mean()
+
+
 def test_sniff_ignores_extensions():
     assert sniff(b"\xff\xd8\xff\xe0") == "jpeg"
     assert sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
@@ -258,3 +277,35 @@ def test_formats_without_a_draft_are_reduced_after_decoding():
 def test_bytes_in_memory_only(photo):
     buf = io.BytesIO(jpeg_bytes(photo))
     assert decode(buf.getvalue(), "m.jpg").image.size == photo.size
+
+
+def test_a_photo_decoded_ahead_is_the_photo_decode_returns_and_only_for_the_same_bytes(tmp_path):
+    """`check` starts decoding the photos it names before its imports (decode_ahead): the
+    result is used only for the very bytes `decode` is given, and is what `decode` would
+    have returned; a JPEG is left to `decode` (its draft is not known yet)."""
+    from dupecheck import imaging
+
+    png, jpg, broken = tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"
+    png.write_bytes(encode(synthetic_photo(3, (900, 700)), "PNG"))
+    jpg.write_bytes(jpeg_bytes(synthetic_photo(4, (900, 700))))
+    broken.write_bytes(encode(synthetic_photo(5, (90, 70)), "PNG")[:60])
+    imaging.decode_ahead([png, jpg, broken, tmp_path / "missing.png"])
+    assert set(imaging._ahead) == {str(png), str(broken)}
+    ahead = imaging._ahead[str(png)]
+    got = decode(png.read_bytes(), str(png), draft=300)
+    assert str(png) not in imaging._ahead and ahead.data is not None  # it was taken
+    fresh = decode(png.read_bytes(), str(png), draft=300)
+    assert got.image.size == fresh.image.size == (450, 350)  # reduced as decode reduces
+    assert np.array_equal(np.asarray(got.image), np.asarray(fresh.image))
+    with pytest.raises(ImageError) as ahead_error:
+        decode(broken.read_bytes(), str(broken))
+    with pytest.raises(ImageError) as own_error:
+        decode(broken.read_bytes(), str(broken))
+    assert str(ahead_error.value) == str(own_error.value)
+    # The file changed after the head start: its new bytes are decoded, not the old ones.
+    imaging.decode_ahead([png])
+    imaging._ahead[str(png)]._thread.join()
+    png.write_bytes(encode(synthetic_photo(6, (640, 480)), "PNG"))
+    changed = decode(png.read_bytes(), str(png))
+    assert changed.image.size == (640, 480)
+    assert np.array_equal(np.asarray(changed.image), np.asarray(synthetic_photo(6, (640, 480))))

@@ -10,7 +10,7 @@ import pytest
 import tiny_engine
 from dupecheck.engines import load_engine
 from dupecheck.errors import UsageError
-from dupecheck.search import Candidate, Searcher, check_photos
+from dupecheck.search import Candidate, Searcher, check_photos, load_candidate
 from dupecheck.store import IndexedPhoto, ModelEntry, open_index, write_index
 from helpers import jpeg_bytes, synthetic_photo
 
@@ -123,6 +123,25 @@ def test_a_portrait_posted_as_its_4_5_crop_is_found_by_the_crop_variant(tmp_path
     best = result.matches[0]
     assert (best.photo.path, best.variant) == ("posted.jpg", "4:5")
     assert best.pdq_distance <= 31
+
+
+def test_variants_the_model_sees_alike_are_embedded_once(tmp_path, tiny_weights):
+    """A portrait's 4:5 and 1:1 crops show the model the full frame's centre square: two
+    inputs embedded, not four, and each variant still gets a vector (its view's)."""
+    from dupecheck.imaging import crop_variants, decode
+
+    path = tmp_path / "portrait.jpg"
+    path.write_bytes(jpeg_bytes(synthetic_photo(21, (600, 900)), quality=95))
+    cand = load_candidate(path, TINY)
+    assert cand.variants == ["full", "4:5", "1:1", "1.91:1"]
+    assert len(cand.pixels) == 2 and cand.views == [0, 0, 0, 1]
+    engine = load_engine(TINY, tiny_weights)
+    vectors = cand.per_variant(engine.embed_batch(cand.pixels))
+    assert vectors.shape == (4, DIM)
+    assert np.array_equal(vectors[1], vectors[0]) and np.array_equal(vectors[2], vectors[0])
+    wide = crop_variants(decode(path.read_bytes(), "p", draft=TINY.draft_size).image)[3][1]
+    assert np.allclose(vectors[3], engine.embed_batch(TINY.to_input(wide)[None])[0], atol=1e-6)
+    assert not np.allclose(vectors[3], vectors[0], atol=1e-3)
 
 
 def test_unreadable_candidates_are_error_results(tmp_path, tiny_weights, made_index):

@@ -19,7 +19,7 @@ from . import cosines
 from .engines import Engine, ModelSpec, embed_images
 from .errors import DupecheckError, ImageError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
-from .imaging import FULL_FRAME, crop_variants, decode
+from .imaging import FULL_FRAME, MAX_PHOTO_BYTES, crop_variants, decode, model_views
 from .localfeatures import (
     SHORTLIST_GLOBAL,
     SHORTLIST_VOTES,
@@ -41,7 +41,7 @@ NEW = "new"
 STRENGTH = {EXACT: 4, NEAR_IDENTICAL: 3, REFRAMED: 2, SIMILAR: 1}
 
 DEFAULT_TOP_K = 5
-MAX_CANDIDATE_BYTES = 256 * 1024 * 1024
+MAX_CANDIDATE_BYTES = MAX_PHOTO_BYTES
 
 
 @dataclass
@@ -52,8 +52,13 @@ class Candidate:
     sha256: str
     variants: list[str]
     pdq: np.ndarray  # (V, 32)
-    pixels: np.ndarray  # (V, 3, H, W)
+    pixels: np.ndarray  # (D, 3, H, W): each distinct model input once (imaging.model_views)
     features: LocalFeatures | None = None  # of the full frame; None: not taken
+    views: list[int] | None = None  # per variant, its row of `pixels`; None: one row each
+
+    def per_variant(self, vectors: np.ndarray) -> np.ndarray:
+        """The embeddings of `pixels`, one row per variant."""
+        return vectors if self.views is None else vectors[self.views]
 
 
 @dataclass
@@ -132,14 +137,17 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
     name, data = read_source(source)
     photo = decode(data, name, draft=spec.draft_size)
     variants = crop_variants(photo.image)
+    views = model_views(variants)
+    distinct = sorted(set(views))
     return Candidate(
         path=name,
         sha256=sha256_bytes(data),
         variants=[name for name, _ in variants],
         pdq=np.stack([pdq_hash(img) for _, img in variants]),
-        pixels=np.stack([spec.to_input(img) for _, img in variants]),
+        pixels=np.stack([spec.to_input(variants[i][1]) for i in distinct]),
         features=None if not local else extract(photo.image) if as_archive
         else extract_candidate(photo.image),
+        views=[distinct.index(v) for v in views],
     )
 
 
@@ -338,10 +346,11 @@ def check_photos(paths: list[Source], index: Index, spec: ModelSpec,
                 results.append(item)
                 continue
             assert vectors is not None
-            v = len(item.variants)
+            v = len(item.pixels)
             excluded = (not_matches or {}).get(item.sha256, set())
             skip = frozenset(r for sha in excluded for r in index.rows_with_sha256(sha))
-            result = searcher.search(item, vectors[offset:offset + v], threshold, top_k, skip)
+            result = searcher.search(item, item.per_variant(vectors[offset:offset + v]),
+                                     threshold, top_k, skip)
             result.sha256 = item.sha256
             result.skipped = sorted(index.photos[r].path for r in skip)
             results.append(result)
@@ -379,8 +388,8 @@ def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float
         cb = load_candidate(b, spec, local=first, as_archive=True)
         if first:
             features = (ca.features, cb.features)
-        va = embed_images(engine, ca.pixels, spec.batch_size)
-        vb = embed_images(engine, cb.pixels, spec.batch_size)
+        va = ca.per_variant(embed_images(engine, ca.pixels, spec.batch_size))
+        vb = cb.per_variant(embed_images(engine, cb.pixels, spec.batch_size))
         cosines[spec.name] = float(max((va @ vb[0]).max(), (vb @ va[0]).max()))
         thresholds[spec.name] = threshold
     if ca is None or cb is None:
