@@ -8,7 +8,9 @@ A fresh process per check (`dupecheck check PHOTO --quiet --engine onnx`), ResNe
 (random weights: the same speed), against a 10,000-photo index with local features
 (built as scripts/bench_reframed.py builds it), the page cache warm, every variant
 interleaved (this machine's speed drifts between minutes). The baseline is `git archive
-REV src` run on the same index and caches, so the ratio is this revision's alone.
+REV src` run with the same caches on the same photos' index as its own code writes it
+(local features are versioned: a revision ignores another's), so the ratio is this
+revision's alone.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench import _MEASURED, random_weights, save, table, workspace  # noqa: E402
-from bench_reframed import check_cost  # noqa: E402
 
 HEIC = "heic__IMG_2927.HEIC"  # an iPhone's 12 MP HEIC
 
@@ -41,6 +42,21 @@ def eight_megapixel_jpeg(photos: Path, dest: Path) -> Path:
     img = ImageOps.exif_transpose(Image.open(photos / HEIC)).convert("RGB")
     img.resize((2448, 3264), Image.Resampling.LANCZOS).save(dest, quality=92)
     return dest
+
+
+def index_as_written_by(src: Path, work: Path, photos: Path, weights: Path) -> Path:
+    """work/check-local, the 10,000-photo index with local features, written by the
+    dupecheck in `src` (imported first, so that the scripts' path inserts cannot shadow it)."""
+    work.mkdir(exist_ok=True)
+    if not (work / weights.name).exists():
+        os.link(weights, work / weights.name)
+    code = ("import dupecheck, sys; from pathlib import Path; "
+            "from bench_reframed import check_cost; "
+            f"check_cost(Path({str(photos)!r}), Path({str(work)!r}), runs=1)")
+    path = os.pathsep.join([str(src), str(REPO / "scripts"), str(REPO / "tests")])
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": path},
+                   check=True, stdout=subprocess.DEVNULL)
+    return work / "check-local"
 
 
 def timed(src: Path, photo: Path, env: dict[str, str]) -> tuple[float, int]:
@@ -68,7 +84,6 @@ def main() -> int:
     doc["baseline"] = args.baseline
     try:
         random_weights("resnet50", work)
-        check_cost(args.photos, work, runs=1)  # builds work/check-local (10,000 rows)
         baseline = work / "baseline"
         baseline.mkdir()
         archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline, "src"],
@@ -77,16 +92,18 @@ def main() -> int:
         photos = {"12 MP HEIC (iPhone)": args.photos / HEIC,
                   "8 MP JPEG": eight_megapixel_jpeg(args.photos, work / "8mp.jpg")}
         sources = {f"baseline {args.baseline}": baseline / "src", "this revision": REPO / "src"}
-        env = {**os.environ, "DUPECHECK_INDEX": str(work / "check-local")}
+        envs = {src: {**os.environ, "DUPECHECK_INDEX": str(index_as_written_by(
+            src, work / f"index-{n}", args.photos, work / "resnet50-random.pth"))}
+            for n, src in enumerate(sources.values())}
         for src in sources.values():  # warm: exports, optimized graphs, page cache
             for photo in photos.values():
-                timed(src, photo, env)
+                timed(src, photo, envs[src])
         times: dict[tuple[str, str], list[float]] = {}
         peaks: dict[tuple[str, str], int] = {}
         for _ in range(args.runs):
             for pname, photo in photos.items():
                 for sname, src in sources.items():
-                    wall, peak = timed(src, photo, env)
+                    wall, peak = timed(src, photo, envs[src])
                     times.setdefault((pname, sname), []).append(wall)
                     peaks[(pname, sname)] = max(peaks.get((pname, sname), 0), peak)
         rows = []
