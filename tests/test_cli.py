@@ -276,7 +276,7 @@ def test_check_starts_numpy_with_one_blas_thread_and_other_commands_with_all(arg
     import subprocess
     import sys
 
-    code = ("import sys; sys.argv = " + repr(argv) + "; import dupecheck.cli; "
+    code = ("import sys; sys.argv = " + repr(argv) + "; import dupecheck.cli, numpy; "
             "from threadpoolctl import threadpool_info; "
             "print(max(p['num_threads'] for p in threadpool_info() "
             "if p['internal_api'] == 'openblas'))")
@@ -297,3 +297,17 @@ def test_the_photos_a_check_names_are_found_before_typer_parses():
                              "--not", "media/1.jpg"]) == ["a.jpg"]
     assert _check_arguments(["dupecheck", "index", "export"]) is None
     assert _check_arguments(["dupecheck", "compare", "a.jpg", "b.jpg"]) is None
+
+
+def test_the_cli_loads_without_the_library():
+    """Commands import the library when they run (`--help` in a quarter second; a check
+    opens its index and starts its model before the search and the report load)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import dupecheck.cli; "
+            "print(sorted(m for m in ('numpy', 'dupecheck.store', 'dupecheck.search', "
+            "'dupecheck.report', 'dupecheck.archive', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cosines
+from .defaults import DEFAULT_TOP_K
 from .engines import Engine, ModelSpec, embed_images
 from .errors import DupecheckError, ImageError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
@@ -40,7 +41,6 @@ NEW = "new"
 # Strength of each evidence; a verdict is the strongest that fired for any archive photo.
 STRENGTH = {EXACT: 4, NEAR_IDENTICAL: 3, REFRAMED: 2, SIMILAR: 1}
 
-DEFAULT_TOP_K = 5
 MAX_CANDIDATE_BYTES = MAX_PHOTO_BYTES
 
 

@@ -29,9 +29,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import report
+from .defaults import DEFAULT_TOP_K
 from .engines import Engine, ModelSpec
 from .errors import DupecheckError
-from .search import DEFAULT_TOP_K, Searcher, Upload, check_photos, effective_threshold
+from .search import Searcher, Upload, check_photos, effective_threshold
 from .store import CURRENT_FILE, Index, open_index
 from .tokens import TokenStore
 

@@ -42,10 +42,11 @@ def _start_check(argv: list[str]) -> None:
     if words is None:
         return
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if len(words) <= _PHOTOS_AHEAD:
+    photos = [Path(w) for w in words if os.path.isfile(w)]
+    if photos and len(words) <= _PHOTOS_AHEAD:
         from ..imaging import decode_ahead  # Pillow, not numpy: it starts within ~20 ms
 
-        decode_ahead([Path(w) for w in words if os.path.isfile(w)])
+        decode_ahead(photos)
 
 
 _start_check(sys.argv)

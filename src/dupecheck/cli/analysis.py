@@ -7,16 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from .. import report
-from ..engines import DEFAULT_MODEL, MODELS, get_model_spec, load_engine
-from ..engines.base import choose_engine
-from ..engines.weights import resolve_weights
 from ..errors import EXIT_OK, EXIT_POSTED, WeightsUnavailable
-from ..precision import engine_for
-from ..search import NEW, effective_threshold
-from ..store import open_index, republish
 from .app import app, err, error_boundary, out
 from .commands import _index_model, _progress, _weights_for
 from .options import EngineName, IndexDir, JsonOut, ModelName, Quiet, Threshold, WeightsPath
@@ -33,7 +25,10 @@ def dupes(
     quiet: Quiet = False,
 ) -> None:
     """Photos posted more than once: groups of the same photo inside the archive."""
+    from .. import report
     from ..analysis import find_duplicates
+    from ..search import effective_threshold
+    from ..store import open_index
 
     index = open_index(index_dir)
     spec = _index_model(index, model)
@@ -66,7 +61,11 @@ def stats(
     json_out: JsonOut = False,
 ) -> None:
     """The distribution of cosine similarities in the index, as histograms."""
+    from .. import report
     from ..analysis import similarity_stats
+    from ..engines import get_model_spec
+    from ..search import effective_threshold
+    from ..store import open_index
 
     index = open_index(index_dir)
     names = [_index_model(index, model).name] if model else sorted(index.models)
@@ -108,7 +107,13 @@ def calibrate(
 ) -> None:
     """Choose the threshold from your own photos: re-post a sample as people re-post, and
     measure precision and recall."""
+    from .. import report
     from ..calibrate import calibrate as run_calibration
+    from ..engines import get_model_spec
+    from ..engines.base import choose_engine
+    from ..precision import engine_for
+    from ..search import effective_threshold
+    from ..store import open_index, republish
 
     index = open_index(index_dir)
     choose_engine(engine)
@@ -162,7 +167,13 @@ def compare(
     quiet: Quiet = False,
 ) -> None:
     """Two photos, no index: every evidence and the verdict (exit codes as `check`)."""
-    from ..search import compare_photos
+    from rich.table import Table
+
+    from .. import report
+    from ..engines import DEFAULT_MODEL, MODELS, get_model_spec, load_engine
+    from ..engines.base import choose_engine
+    from ..engines.weights import resolve_weights
+    from ..search import NEW, compare_photos, effective_threshold
 
     choose_engine(engine)
     names = [model] if model else sorted(n for n, s in MODELS.items() if s.weights)

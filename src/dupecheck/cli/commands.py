@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .. import report
-from ..archive import Archive
-from ..engines import DEFAULT_MODEL, ModelSpec, get_model_spec
-from ..engines.base import choose_engine
-from ..engines.weights import file_sha256, resolve_weights
+from ..defaults import DEFAULT_TOP_K
 from ..errors import (
     EXIT_OK,
     EXIT_POSTED,
@@ -23,10 +17,6 @@ from ..errors import (
     UsageError,
     WeightsUnavailable,
 )
-from ..evidence import sha256_bytes
-from ..precision import engine_for
-from ..search import DEFAULT_TOP_K, NEW, check_photos, effective_threshold
-from ..store import Index, NotMatches, open_index
 from .app import app, err, error_boundary, out
 from .options import (
     EngineName,
@@ -38,8 +28,26 @@ from .options import (
     WeightsPath,
 )
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from ..engines import ModelSpec
+    from ..store import Index, NotMatches
+
+# The library is imported inside each command, when it runs: the CLI itself loads in a
+# fraction of the time, and a cold `check` opens its index and starts its model before it
+# imports what the search and the report need.
+
 
 def _progress(quiet: bool) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), console=err, transient=True,
                     disable=quiet or not err.is_terminal)
@@ -65,6 +73,11 @@ def index(
     quiet: Quiet = False,
 ) -> None:
     """Index an Instagram export: the index then holds exactly these archives' photos."""
+    from .. import report
+    from ..archive import Archive
+    from ..engines import DEFAULT_MODEL, get_model_spec
+    from ..engines.base import choose_engine
+    from ..engines.weights import resolve_weights
     from ..precision import check_precision
 
     spec = get_model_spec(model or DEFAULT_MODEL)
@@ -94,6 +107,8 @@ def index(
 
 
 def _index_model(index: Index, model: str | None) -> ModelSpec:
+    from ..engines import DEFAULT_MODEL, get_model_spec
+
     if model:
         return get_model_spec(model)
     if not index.models:
@@ -104,6 +119,8 @@ def _index_model(index: Index, model: str | None) -> ModelSpec:
 
 def _weights_for(index: Index, spec: ModelSpec, weights: Path | None) -> Path:
     """The weights the index was built with, verified by SHA-256."""
+    from ..engines.weights import file_sha256, resolve_weights
+
     entry = index.models.get(spec.name)
     if entry is None:
         index.embeddings(spec.name)  # raises the clear "holds no ... embeddings" error
@@ -148,7 +165,13 @@ def check(
     quiet: Quiet = False,
 ) -> None:
     """Check photos against the index. Exit 0: all new; 1: some already posted."""
+    from ..engines.base import choose_engine
+    from ..precision import engine_for
+    from ..store import NotMatches, open_index
+
     if threshold is not None:
+        from ..search import effective_threshold
+
         effective_threshold(threshold, None, 1.0)  # bad usage before any work
     choose_engine(engine)
     photos = _photos_in(photos)
@@ -157,19 +180,23 @@ def check(
         index.local.prefetch()
     spec = _index_model(index, model)
     weights_path = _weights_for(index, spec, weights)
-    entry = index.models[spec.name]
-    thr = effective_threshold(threshold, entry.threshold, spec.default_threshold)
-    remembered = NotMatches(index.root)
-    if not_match:
-        _remember_not_matches(index, remembered, photos, not_match)
-    # The model loads in a thread while the photos decode and the index is verified.
-    with ThreadPoolExecutor(max_workers=1) as pool, \
-            _progress(quiet or json_out or len(photos) < 8) as bar:
+    # The model loads in a thread while the rest imports, the photos decode and the index
+    # is verified.
+    with ThreadPoolExecutor(max_workers=1) as pool:
         loading = pool.submit(engine_for, index, spec, weights_path, engine)
-        task = bar.add_task("checking", total=len(photos))
-        results = check_photos(photos, index, spec, loading.result, thr, top_k,
-                               remembered.load(),
-                               progress=lambda done, total: bar.update(task, completed=done))
+        from .. import report
+        from ..search import NEW, check_photos, effective_threshold
+
+        entry = index.models[spec.name]
+        thr = effective_threshold(threshold, entry.threshold, spec.default_threshold)
+        remembered = NotMatches(index.root)
+        if not_match:
+            _remember_not_matches(index, remembered, photos, not_match)
+        with _progress(quiet or json_out or len(photos) < 8) as bar:
+            task = bar.add_task("checking", total=len(photos))
+            results = check_photos(photos, index, spec, loading.result, thr, top_k,
+                                   remembered.load(), progress=lambda done, total: bar.update(
+                                       task, completed=done))
     for r in results:
         if r.error:
             err.print(f"[bold red]error:[/bold red] {r.error}", highlight=False, soft_wrap=True)
@@ -205,6 +232,8 @@ def _photos_in(paths: list[Path]) -> list[Path]:
     """Folders expand to the photos inside; what is skipped there is said, one line each."""
     if not any(p.is_dir() for p in paths):
         return paths
+    from rich.markup import escape
+
     from ..added import collect_photos
 
     found, skipped = collect_photos(paths)
@@ -218,6 +247,9 @@ def _photos_in(paths: list[Path]) -> list[Path]:
 def _engines_for(index: Index, spec: ModelSpec, weights: Path, engine: str,
                  ready: object | None = None) -> dict[str, tuple[ModelSpec, object]]:
     """A loader per model of the index (each with the weights it was built with)."""
+    from ..engines import get_model_spec
+    from ..precision import engine_for
+
     engines: dict[str, tuple[ModelSpec, object]] = {}
     for name in index.models:
         model_spec = get_model_spec(name)
@@ -250,7 +282,12 @@ def add(
     quiet: Quiet = False,
 ) -> None:
     """Record photos as posted now, until an export that holds them is indexed."""
+    from rich.markup import escape
+
+    from .. import report
     from ..added import add_photos, parse_date
+    from ..engines.base import choose_engine
+    from ..store import open_index
 
     parse_date(date)  # bad usage before any work
     choose_engine(engine)
@@ -297,6 +334,8 @@ def remove(
 
 def _remember_not_matches(index: Index, remembered: NotMatches, photos: list[Path],
                           archive_paths: list[str]) -> None:
+    from ..evidence import sha256_bytes
+
     by_path = {p.path: p.sha256 for p in index.photos}
     unknown = [p for p in archive_paths if p not in by_path]
     if unknown:
@@ -321,6 +360,10 @@ def info(
     """What the index holds: photos by kind, models and weights, dates, archives.
 
     With --weights, also says whether that file is the one the index was built with."""
+    from .. import report
+    from ..engines.weights import file_sha256
+    from ..store import open_index
+
     index = open_index(index_dir)
     doc = report.info_document(index)
     if model is not None:

@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .. import report
 from ..errors import UsageError, WeightsUnavailable
-from ..search import effective_threshold
-from ..store import open_index
 from .app import app, err, error_boundary, out
 from .commands import _index_model, _progress, _weights_for
 from .options import IndexDir, JsonOut, ModelName, Quiet, Threshold, WeightsPath
@@ -51,10 +48,13 @@ def map_command(
     quiet: Quiet = False,
 ) -> None:
     """See the archive as a map: similar photos together, motifs outlined and named."""
+    from .. import report
     from ..analysis import find_duplicates
     from ..engines.vocabulary import load_vocabulary
     from ..mapview import THUMB_CACHED, THUMB_HELD, write_html, write_png
     from ..photomap import REFRAMED_AUTO_ROWS, build_map
+    from ..search import effective_threshold
+    from ..store import open_index
     from ..thumbs import row_thumbnails
 
     k = _motif_count(motifs)

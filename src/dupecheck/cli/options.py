@@ -8,15 +8,9 @@ from typing import Annotated
 import typer
 from platformdirs import user_data_dir
 
-from ..engines import MODELS
-
 
 def default_index_dir() -> Path:
     return Path(user_data_dir("dupecheck")) / "index"
-
-
-def _model_names() -> str:
-    return ", ".join(sorted(MODELS))
 
 
 IndexDir = Annotated[Path, typer.Option(

@@ -6,13 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ..engines.base import choose_engine
 from ..errors import UsageError
-from ..precision import engine_for
-from ..store import open_index
 from .app import app, err, error_boundary, out
 from .commands import _engines_for, _index_model, _weights_for
 from .options import EngineName, IndexDir, ModelName, WeightsPath
@@ -32,6 +27,8 @@ def token_create(name: Annotated[str, typer.Argument(help="A name for the device
                  config: ConfigDir = None) -> None:
     """Print a new token alone on stdout (T=$(dupecheck token create phone)); it is shown
     this once and stored only as its SHA-256."""
+    from rich.markup import escape
+
     from ..tokens import TokenStore
 
     store = TokenStore(config)
@@ -45,6 +42,9 @@ def token_create(name: Annotated[str, typer.Argument(help="A name for the device
 @error_boundary
 def token_list(config: ConfigDir = None) -> None:
     """Names, when created, when last used; never the secret."""
+    from rich.markup import escape
+    from rich.table import Table
+
     from ..tokens import TokenStore
 
     tokens = TokenStore(config).list()
@@ -61,6 +61,8 @@ def token_list(config: ConfigDir = None) -> None:
 @error_boundary
 def token_revoke(name: Annotated[str, typer.Argument()], config: ConfigDir = None) -> None:
     """Revoke at once, also for a running server."""
+    from rich.markup import escape
+
     from ..tokens import TokenStore
 
     TokenStore(config).revoke(name)
@@ -88,8 +90,12 @@ def serve(
 ) -> None:
     """A private service for checking from the phone: the page at /, the API at /api."""
     import uvicorn
+    from rich.markup import escape
 
+    from ..engines.base import choose_engine
+    from ..precision import engine_for
     from ..service import Pairing, ServiceState, create_app
+    from ..store import open_index
     from ..tokens import TokenStore
 
     tokens = TokenStore(config)
