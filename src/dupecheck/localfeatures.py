@@ -26,10 +26,11 @@ from PIL import Image
 LOCAL_MAX_SIDE = 512  # the frame every photo's keypoints are placed in (RANSAC_PIXELS, boxes)
 # Features are taken smaller than that frame, their points then scaled into it, so that
 # every transform means the same. OpenCV's SIFT doubles its input first, so its cost goes
-# with the side squared: an archive photo at 320 px costs 15.6 ms of one core against 34.5
-# at 512 (LOCAL_VERSION 1). On the two tuning parts of the re-edit set, archive features at
-# 512 / 320 / 256 px found 396 / 394 / 387 of 400, none flagged at any size; 320 keeps the
-# target (97%) with room (benchmarks/2026-11-29-reframed-archive-320.txt).
+# with the side squared: an archive photo's features at 320 px take 21.0 ms of CPU against
+# 37.9 at 512 (LOCAL_VERSION 1). On the two tuning parts of the re-edit set, archive
+# features at 512 / 320 / 256 px found 396 / 394 / 387 of 400, none flagged at any side;
+# 320 keeps the target (97%) with room; held-back 196 of 200
+# (benchmarks/2026-11-28-reframed-2.txt).
 ARCHIVE_FEATURE_SIDE = 320
 # A photo being checked is searched with features taken at 384 px (34 ms of CPU against 52
 # ms at 512). On the two tuning parts: 396/400 found at 384 px against 395/400 at 512, none
