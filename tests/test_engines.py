@@ -256,8 +256,12 @@ def test_the_optimized_graph_is_saved_once_and_gives_the_same_embeddings(resnet5
     first = onnx_engine.OnnxEngine(spec, path).embed_batch(pixels)
     assert optimized.is_file()
     saved = optimized.stat().st_mtime_ns
-    second = onnx_engine.OnnxEngine(spec, path).embed_batch(pixels)
+    engine = onnx_engine.OnnxEngine(spec, path)
+    second = engine.embed_batch(pixels)
     assert optimized.stat().st_mtime_ns == saved  # loaded, not optimized again
+    # Its idle threads sleep: spinning would take CPU from decoding and the search.
+    options = engine.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     np.testing.assert_allclose(first, second, atol=1e-6)
     optimized.write_bytes(b"damaged")  # a damaged copy is replaced, never trusted
     third = onnx_engine.OnnxEngine(spec, path).embed_batch(pixels)

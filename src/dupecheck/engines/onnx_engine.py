@@ -52,6 +52,10 @@ def _session(path: Path, threads: int, optimize: bool, save_to: Path | None = No
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # Idle worker threads sleep instead of spinning: dupecheck always has other work on the
+    # cores (decoding, local features, the search), which spinning would take CPU from
+    # (a cold check: ~0.1 s of CPU less, ad-hoc, median of 5).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # saving a CPU-specific graph warns; the path says so
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
