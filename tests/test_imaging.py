@@ -309,3 +309,12 @@ def test_a_photo_decoded_ahead_is_the_photo_decode_returns_and_only_for_the_same
     changed = decode(png.read_bytes(), str(png))
     assert changed.image.size == (640, 480)
     assert np.array_equal(np.asarray(changed.image), np.asarray(synthetic_photo(6, (640, 480))))
+
+
+def test_a_damaged_photo_is_named_with_a_reason_a_person_can_read():
+    """Pillow's UnidentifiedImageError names its buffer (`<_io.BytesIO object at 0x...>`):
+    the one line says what is wrong instead."""
+    broken = b"\x89PNG\r\n\x1a\n" + bytes(50)  # a PNG's signature, then nothing Pillow knows
+    with pytest.raises(ImageError) as caught:
+        decode(broken, "holiday.png")
+    assert str(caught.value) == "holiday.png: cannot decode png (truncated or damaged)"

@@ -165,6 +165,8 @@ def _decode_upright(data: bytes, name: str, draft: int | None) -> tuple[DecodedP
         raise ImageError(f"decompression bomb refused ({exc})", name) from exc
     except Exception as exc:  # Pillow raises many types for broken files
         reason = str(exc) or type(exc).__name__
+        if isinstance(exc, Image.UnidentifiedImageError):
+            reason = "truncated or damaged"  # Pillow's own words name its buffer object
         raise ImageError(f"cannot decode {fmt} ({reason})", name) from exc
 
 
