@@ -295,6 +295,7 @@ def test_the_photos_a_check_names_are_found_before_typer_parses():
                              "--json", "b.heic", "--index=/x", "-t", "0.9"]) == ["a.jpg", "b.heic"]
     assert _check_arguments(["dupecheck", "check", "--weights", "w.pth", "-q", "a.jpg",
                              "--not", "media/1.jpg"]) == ["a.jpg"]
+    assert _check_arguments(["dupecheck", "check", "-k3", "a.jpg", "-t0.9"]) == ["a.jpg"]
     assert _check_arguments(["dupecheck", "index", "export"]) is None
     assert _check_arguments(["dupecheck", "compare", "a.jpg", "b.jpg"]) is None
 

@@ -1,7 +1,7 @@
 """The command line: parse, call the library, print. Nothing here does the work.
 
-Before the CLI's own imports (Typer, Rich, numpy: ~0.2-0.3 s on one core), a `check` is
-given a head start from its command line: see `_start_check`.
+Before the CLI's imports (Typer, Rich, then the library a command needs: ~0.2-0.3 s on one
+core), a `check` is given a head start from its command line: see `_start_check`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def _check_arguments(argv: list[str]) -> list[str] | None:
         if skip:
             skip = False
         elif word.startswith("-"):
-            skip = "=" not in word and word not in _FLAGS and command is not None
+            attached = "=" in word or (not word.startswith("--") and len(word) > 2)  # -k3
+            skip = not attached and word not in _FLAGS and command is not None
         elif command is None:
             command = word
         else:
