@@ -104,9 +104,12 @@ _sift = None
 
 
 def preload() -> None:
-    """Import OpenCV and FAISS (~0.1 s): LocalStore.prefetch does it in a thread."""
+    """Import what the re-framed search needs (~0.1 s): LocalStore.prefetch does it in a
+    thread. numpy.ma too: np.unique (the shortlist's votes) imports it on first use, ~15
+    ms that would otherwise fall in the search."""
     import cv2  # noqa: F401
     import faiss  # noqa: F401
+    import numpy.ma  # noqa: F401
 
 
 def _detector():  # type: ignore[no-untyped-def]
@@ -118,7 +121,7 @@ def _detector():  # type: ignore[no-untyped-def]
     return _sift
 
 
-def reduce_for_features(img: Image.Image, max_side: int = LOCAL_MAX_SIDE) -> Image.Image:
+def reduce_for_features(img: Image.Image, max_side: int) -> Image.Image:
     """Grey, long side at most `max_side` (Image.reduce first: cheap on big photos)."""
     grey = img.convert("L")
     factor = max(grey.size) // (2 * max_side)

@@ -41,7 +41,7 @@ NEW = "new"
 # Strength of each evidence; a verdict is the strongest that fired for any archive photo.
 STRENGTH = {EXACT: 4, NEAR_IDENTICAL: 3, REFRAMED: 2, SIMILAR: 1}
 
-MAX_CANDIDATE_BYTES = MAX_PHOTO_BYTES
+PDQ_BLOCK_ROWS = 8192  # rows per PDQ pass: its buffers stay in the core's cache
 
 
 @dataclass
@@ -112,13 +112,13 @@ Source = Path | Upload
 def read_source(source: Source) -> tuple[str, bytes]:
     """(name, bytes) of a photo file or an upload; ImageError (naming it) when unreadable."""
     if isinstance(source, Upload):
-        if len(source.data) > MAX_CANDIDATE_BYTES:
+        if len(source.data) > MAX_PHOTO_BYTES:
             raise ImageError(f"{len(source.data)} bytes, too large for a photo", source.name)
         return source.name, source.data
     path = source
     try:
         size = path.stat().st_size
-        if size > MAX_CANDIDATE_BYTES:
+        if size > MAX_PHOTO_BYTES:
             raise ImageError(f"{size} bytes, too large for a photo", path)
         return str(path), path.read_bytes()
     except IsADirectoryError as exc:
@@ -149,9 +149,6 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
         else extract_candidate(photo.image),
         views=[distinct.index(v) for v in views],
     )
-
-
-PDQ_BLOCK_ROWS = 8192  # rows per PDQ pass: its buffers stay in the core's cache
 
 
 class Searcher:
