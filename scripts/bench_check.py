@@ -8,9 +8,9 @@ A fresh process per check (`dupecheck check PHOTO --quiet --engine onnx`), ResNe
 (random weights: the same speed), against a 10,000-photo index with local features
 (built as scripts/bench_reframed.py builds it), the page cache warm, every variant
 interleaved (this machine's speed drifts between minutes). The baseline is `git archive
-REV src` run with the same caches on the same photos' index as its own code writes it
-(local features are versioned: a revision ignores another's), so the ratio is this
-revision's alone.
+REV src` run on the same photos' index as its own code writes it (local features are
+versioned: a revision ignores another's), each revision with a cache of its own (the
+optimized ONNX graph's layout is versioned too), so the ratio is this revision's alone.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def eight_megapixel_jpeg(photos: Path, dest: Path) -> Path:
     return dest
 
 
-def index_as_written_by(src: Path, work: Path, photos: Path, weights: Path) -> Path:
+def index_as_written_by(src: Path, work: Path, photos: Path, weights: Path,
+                        env: dict[str, str]) -> Path:
     """work/check-local, the 10,000-photo index with local features, written by the
     dupecheck in `src` (imported first, so that the scripts' path inserts cannot shadow it)."""
     work.mkdir(exist_ok=True)
@@ -54,7 +55,7 @@ def index_as_written_by(src: Path, work: Path, photos: Path, weights: Path) -> P
             "from bench_reframed import check_cost; "
             f"check_cost(Path({str(photos)!r}), Path({str(work)!r}), runs=1)")
     path = os.pathsep.join([str(src), str(REPO / "scripts"), str(REPO / "tests")])
-    subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": path},
+    subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": path},
                    check=True, stdout=subprocess.DEVNULL)
     return work / "check-local"
 
@@ -92,9 +93,11 @@ def main() -> int:
         photos = {"12 MP HEIC (iPhone)": args.photos / HEIC,
                   "8 MP JPEG": eight_megapixel_jpeg(args.photos, work / "8mp.jpg")}
         sources = {f"baseline {args.baseline}": baseline / "src", "this revision": REPO / "src"}
-        envs = {src: {**os.environ, "DUPECHECK_INDEX": str(index_as_written_by(
-            src, work / f"index-{n}", args.photos, work / "resnet50-random.pth"))}
-            for n, src in enumerate(sources.values())}
+        envs = {src: {**os.environ, "XDG_CACHE_HOME": str(work / f"cache-{n}")}
+                for n, src in enumerate(sources.values())}
+        for n, src in enumerate(sources.values()):
+            envs[src]["DUPECHECK_INDEX"] = str(index_as_written_by(
+                src, work / f"index-{n}", args.photos, work / "resnet50-random.pth", envs[src]))
         for src in sources.values():  # warm: exports, optimized graphs, page cache
             for photo in photos.values():
                 timed(src, photo, envs[src])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -242,8 +243,10 @@ def test_the_onnx_export_is_cached_by_weights(resnet50_weights, monkeypatch, tmp
 
 
 def test_the_optimized_graph_is_saved_once_and_gives_the_same_embeddings(resnet50_weights):
-    """The first ONNX session optimizes the graph and saves it beside the model; the next
-    loads that without optimizing, and embeds exactly as the first did."""
+    """The first ONNX session optimizes the graph and saves it beside the model, its
+    weights in a file of their own that later sessions map; the next session loads that
+    without optimizing, and embeds exactly as the first did. A damaged or cut copy is
+    replaced, never trusted."""
     from dupecheck.engines import onnx_engine
     from dupecheck.engines.weights import file_sha256
 
@@ -252,21 +255,35 @@ def test_the_optimized_graph_is_saved_once_and_gives_the_same_embeddings(resnet5
     path = onnx_engine.onnx_cache_path(spec, file_sha256(resnet50_weights))
     load_engine(spec, resnet50_weights, "onnx")  # exported (if not yet) and optimized
     optimized = onnx_engine.optimized_path(path)
-    optimized.unlink(missing_ok=True)
+    graph = optimized / onnx_engine.OPTIMIZED_GRAPH
+    weights = optimized / onnx_engine.OPTIMIZED_WEIGHTS
+    shutil.rmtree(optimized, ignore_errors=True)
+    legacy = optimized.with_name(f"{optimized.name}.onnx")  # the one-file copy of 1.0
+    legacy.write_bytes(b"an old optimized copy")
     first = onnx_engine.OnnxEngine(spec, path).embed_batch(pixels)
-    assert optimized.is_file()
-    saved = optimized.stat().st_mtime_ns
+    assert graph.is_file() and not legacy.exists()
+    # The weights are outside the graph: the graph is small, the weights file holds them.
+    assert graph.stat().st_size < 1_000_000 < 90_000_000 < weights.stat().st_size
+    saved = graph.stat().st_mtime_ns
     engine = onnx_engine.OnnxEngine(spec, path)
     second = engine.embed_batch(pixels)
-    assert optimized.stat().st_mtime_ns == saved  # loaded, not optimized again
+    assert graph.stat().st_mtime_ns == saved  # loaded, not optimized again
     # Its idle threads sleep: spinning would take CPU from decoding and the search.
     options = engine.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     np.testing.assert_allclose(first, second, atol=1e-6)
-    optimized.write_bytes(b"damaged")  # a damaged copy is replaced, never trusted
+    del engine
+    graph.write_bytes(b"damaged")
     third = onnx_engine.OnnxEngine(spec, path).embed_batch(pixels)
     np.testing.assert_allclose(first, third, atol=1e-6)
-    assert optimized.stat().st_size > 1000
+    assert graph.stat().st_size > 1000
+    size = weights.stat().st_size
+    with open(weights, "r+b") as fh:  # cut short
+        fh.truncate(size // 2)
+    fourth = onnx_engine.OnnxEngine(spec, path).embed_batch(pixels)
+    np.testing.assert_allclose(first, fourth, atol=1e-6)
+    assert weights.stat().st_size == size
+    assert not list(optimized.parent.glob(".*.tmp"))  # no half-written copy left behind
 
 
 def test_auto_engine_is_onnx_without_an_accelerator(monkeypatch):

@@ -60,45 +60,74 @@ def _session(path: Path, threads: int, optimize: bool, save_to: Path | None = No
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if save_to is not None:
-        options.optimized_model_filepath = str(save_to)
+        options.optimized_model_filepath = str(save_to / OPTIMIZED_GRAPH)
+        # The weights go to a file of their own, which later sessions memory-map instead of
+        # parsing ~94 MB of protobuf into fresh memory: ResNet-50's session opens in ~8 ms
+        # instead of ~150 ms here (ad-hoc, fresh processes), its first run as fast.
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", OPTIMIZED_WEIGHTS)
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+OPTIMIZED_GRAPH = "model.onnx"  # inside an optimized copy's folder
+OPTIMIZED_WEIGHTS = "model.data"  # beside it; named inside the graph
+
+
 def optimized_path(model_path: Path) -> Path:
-    return model_path.with_name(f"{model_path.stem}.opt-{_machine_fingerprint()}.onnx")
+    """The folder of the optimized copy (graph and weights): written whole under another
+    name and renamed into place, so a session sees all of it or none."""
+    return model_path.with_name(f"{model_path.stem}.opt-{_machine_fingerprint()}")
 
 
 class OnnxEngine:
     """ONNX Runtime on the CPU. The first session optimizes the graph (0.3-0.4 s for
     ResNet-50 here) and saves the result beside the model, keyed by ONNX Runtime's version
-    and this CPU; later sessions load that and skip the optimization (a cold `check`)."""
+    and this CPU; later sessions load that, skip the optimization and map its weights (a
+    cold `check`)."""
 
     def __init__(self, spec: ModelSpec, model_path: Path, threads: int | None = None) -> None:
         self.spec = spec
         threads = threads or max(1, os.cpu_count() or 1)
         optimized = optimized_path(model_path)
-        if optimized.is_file() and optimized.stat().st_mtime >= model_path.stat().st_mtime:
+        graph = optimized / OPTIMIZED_GRAPH
+        if graph.is_file() and graph.stat().st_mtime >= model_path.stat().st_mtime:
             try:
-                self.session = _session(optimized, threads, optimize=False)
+                self.session = _session(graph, threads, optimize=False)
                 return
             except Exception:  # noqa: BLE001 - a damaged optimized copy: optimize again
-                optimized.unlink(missing_ok=True)
+                _remove(optimized)
+        legacy = optimized.with_name(f"{optimized.name}.onnx")  # one file, before 1.1
+        legacy.unlink(missing_ok=True)
         tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
+        _remove(tmp)
         try:
+            tmp.mkdir(parents=True)
             self.session = _session(model_path, threads, optimize=True, save_to=tmp)
         except Exception as exc:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             raise WeightsUnavailable(f"cannot open the cached ONNX model ({exc}); delete it to "
                                      f"export it again", model_path) from exc
         try:
-            os.replace(tmp, optimized)  # atomic: another process sees all of it or none
+            _remove(optimized)  # a damaged copy, or one older than the model
+            os.rename(tmp, optimized)  # atomic: another process sees all of it or none
         except OSError:
-            tmp.unlink(missing_ok=True)  # costs the next session its optimization, no more
+            _remove(tmp)  # another process renamed its copy first: theirs is as good
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(pixels, dtype=np.float32)
         (out,) = self.session.run(["embedding"], {"pixels": x})
         return l2_normalise(out)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def load_onnx_engine(spec: ModelSpec, weights: Path, weights_sha256: str) -> OnnxEngine:
