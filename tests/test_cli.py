@@ -312,3 +312,30 @@ def test_the_cli_loads_without_the_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_check_ends_without_the_interpreters_teardown(indexed, candidates, tmp_path):
+    """The console script ends a check once its output is flushed and the atexit hooks
+    have run, without the interpreter's teardown (which would also wait for every
+    non-daemon thread): the output is whole, the exit code the documented one."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    posted, new = candidates
+    marker = tmp_path / "atexit-ran"
+    tests = Path(__file__).parent
+    code = ("import atexit, sys, threading, time; import tiny_engine; "
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').close()); "
+            "threading.Thread(target=time.sleep, args=(120,)).start(); "
+            f"sys.argv = ['dupecheck', 'check', {str(posted)!r}, {str(new)!r}, '--json', "
+            f"'--index', {str(indexed)!r}]; "
+            "import dupecheck.cli; dupecheck.cli.main()")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), *sys.path])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)  # a teardown would wait 120 s for the thread
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [r["verdict"] for r in doc["results"]] == ["exact", "new"]
+    assert marker.exists()

@@ -33,6 +33,11 @@ def _check_arguments(argv: list[str]) -> list[str] | None:
     return words if command == "check" else None
 
 
+def ends_fast(argv: list[str]) -> bool:
+    """Whether this command ends without the interpreter's teardown (app.main): a check."""
+    return _check_arguments(argv) is not None
+
+
 def _start_check(argv: list[str]) -> None:
     """A cold `check` waits on start-up, so two things start before the imports. numpy's
     OpenBLAS thread pool, sized when numpy is imported, only costs a check (its matrix
@@ -54,4 +59,4 @@ _start_check(sys.argv)
 
 from .app import app, main  # noqa: E402
 
-__all__ = ["app", "main"]
+__all__ = ["app", "ends_fast", "main"]
