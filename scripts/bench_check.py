@@ -11,6 +11,8 @@ interleaved (this machine's speed drifts between minutes). The baseline is `git 
 REV src` run on the same photos' index as its own code writes it (local features are
 versioned: a revision ignores another's), each revision with a cache of its own (the
 optimized ONNX graph's layout is versioned too), so the ratio is this revision's alone.
+Both source trees are byte-compiled first, as an installed package is (pip compiles what
+it installs; without it each check would compile dupecheck's modules from source).
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def main() -> int:
         photos = {"12 MP HEIC (iPhone)": args.photos / HEIC,
                   "8 MP JPEG": eight_megapixel_jpeg(args.photos, work / "8mp.jpg")}
         sources = {f"baseline {args.baseline}": baseline / "src", "this revision": REPO / "src"}
+        for src in sources.values():
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
         envs = {src: {**os.environ, "XDG_CACHE_HOME": str(work / f"cache-{n}")}
                 for n, src in enumerate(sources.values())}
         for n, src in enumerate(sources.values()):
