@@ -282,15 +282,25 @@ def test_bytes_in_memory_only(photo):
 def test_a_photo_decoded_ahead_is_the_photo_decode_returns_and_only_for_the_same_bytes(tmp_path):
     """`check` starts decoding the photos it names before its imports (decode_ahead): the
     result is used only for the very bytes `decode` is given, and is what `decode` would
-    have returned; a JPEG is left to `decode` (its draft is not known yet)."""
+    have returned; a JPEG is decoded at check's draft, and used only for that draft."""
     from dupecheck import imaging
 
     png, jpg, broken = tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"
     png.write_bytes(encode(synthetic_photo(3, (900, 700)), "PNG"))
-    jpg.write_bytes(jpeg_bytes(synthetic_photo(4, (900, 700))))
+    jpg.write_bytes(jpeg_bytes(synthetic_photo(4, (2400, 1800))))
     broken.write_bytes(encode(synthetic_photo(5, (90, 70)), "PNG")[:60])
     imaging.decode_ahead([png, jpg, broken, tmp_path / "missing.png"])
-    assert set(imaging._ahead) == {str(png), str(broken)}
+    assert set(imaging._ahead) == {str(png), str(jpg), str(broken)}
+    jpg_ahead = imaging._ahead[str(jpg)]
+    got = decode(jpg.read_bytes(), str(jpg), draft=imaging.CHECK_DRAFT)
+    assert jpg_ahead.data is not None and got.image is jpg_ahead.result.image  # taken
+    fresh = decode(jpg.read_bytes(), str(jpg), draft=imaging.CHECK_DRAFT)
+    assert got.image.size == fresh.image.size == (1200, 900)  # JPEG's draft: 1/2
+    assert np.array_equal(np.asarray(got.image), np.asarray(fresh.image))
+    imaging.decode_ahead([jpg])  # another draft asked for: decoded again, at that draft
+    jpg_ahead = imaging._ahead[str(jpg)]
+    other = decode(jpg.read_bytes(), str(jpg), draft=256)
+    assert other.image is not jpg_ahead.result.image and other.image.size == (600, 450)
     ahead = imaging._ahead[str(png)]
     got = decode(png.read_bytes(), str(png), draft=300)
     assert str(png) not in imaging._ahead and ahead.data is not None  # it was taken
@@ -309,6 +319,14 @@ def test_a_photo_decoded_ahead_is_the_photo_decode_returns_and_only_for_the_same
     changed = decode(png.read_bytes(), str(png))
     assert changed.image.size == (640, 480)
     assert np.array_equal(np.asarray(changed.image), np.asarray(synthetic_photo(6, (640, 480))))
+
+
+def test_the_head_start_decodes_a_jpeg_at_the_draft_every_model_checks_at():
+    """Else a JPEG's head start would be thrown away for that model (and decoded again)."""
+    from dupecheck.engines import MODELS
+    from dupecheck.imaging import CHECK_DRAFT
+
+    assert {spec.draft_size for spec in MODELS.values()} == {CHECK_DRAFT}
 
 
 def test_a_damaged_photo_is_named_with_a_reason_a_person_can_read():

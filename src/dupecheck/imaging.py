@@ -62,12 +62,19 @@ class DecodedPhoto:
     taken_at: str | None
 
 
+# The draft a checked JPEG decodes at with every model registered (ModelSpec.draft_size:
+# twice an input of <= 256 px, or PDQ's 512): the head start decodes a JPEG at it.
+CHECK_DRAFT = 512
+
+
 class _DecodingAhead:
     """One photo being read and decoded in a thread, for a later `decode` of its bytes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, draft: int | None) -> None:
         self.data: bytes | None = None
+        self.draft = draft
         self.result: DecodedPhoto | ImageError | None = None
+        self.drafted = False
         self._thread = threading.Thread(target=self._run, args=(path,),
                                         name="dupecheck-decode-ahead")
         self._thread.start()
@@ -77,20 +84,23 @@ class _DecodingAhead:
             if path.stat().st_size > MAX_PHOTO_BYTES:
                 return
             self.data = path.read_bytes()
-            self.result, _ = _decode_upright(self.data, str(path), None)
+            self.result, self.drafted = _decode_upright(self.data, str(path), self.draft)
         except ImageError as exc:
             self.result = exc
         except Exception:  # noqa: BLE001 - unreadable now: the real read reports it
             self.data = None
 
-    def take(self, data: bytes) -> DecodedPhoto | None:
-        """The upright photo, full size, when it was decoded from these very bytes."""
+    def take(self, data: bytes, draft: int | None) -> tuple[DecodedPhoto, bool] | None:
+        """The upright photo and whether it is drafted already, when it was decoded from
+        these very bytes as `decode` would decode them now (a JPEG: at the same draft)."""
         self._thread.join()
         if self.data is None or self.data != data:
             return None
         if isinstance(self.result, ImageError):
             raise self.result
-        return self.result
+        if self.result is None or (self.drafted and draft != self.draft):
+            return None
+        return self.result, self.drafted
 
 
 _ahead: dict[str, _DecodingAhead] = {}
@@ -100,18 +110,19 @@ def decode_ahead(paths: list[Path]) -> None:
     """Start decoding photos that `decode` will soon be asked for. A cold `check` spends
     its first ~0.3 s importing modules on one core while the other idles, and pillow-heif
     lets go of the GIL while it decodes (a 12 MP phone HEIC: 0.3-0.5 s), so the photo is
-    ready by the time it is needed. Only a head start: `decode` takes the result only for
-    the same bytes, and does exactly what it would have done after decoding. JPEGs are
-    left alone: their decode needs the draft and is quick."""
+    ready by the time it is needed. A JPEG (Pillow lets go of the GIL too) decodes at
+    CHECK_DRAFT, the draft `check` asks for. Only a head start: `decode` takes the result
+    only for the same bytes and the same draft, and does exactly what it would have done
+    after decoding."""
     for path in paths:
         try:
             with path.open("rb") as fh:
                 fmt = sniff(fh.read(64))
-            if fmt == "jpeg" or fmt not in IMAGE_FORMATS:
+            if fmt not in IMAGE_FORMATS:
                 continue
         except OSError:
             continue  # the real read reports it
-        _ahead[str(path)] = _DecodingAhead(path)
+        _ahead[str(path)] = _DecodingAhead(path, CHECK_DRAFT if fmt == "jpeg" else None)
 
 
 def decode(data: bytes, name: str, draft: int | None = None) -> DecodedPhoto:
@@ -121,10 +132,8 @@ def decode(data: bytes, name: str, draft: int | None = None) -> DecodedPhoto:
     Raises ImageError naming the file and the reason.
     """
     ahead = _ahead.pop(name, None) if _ahead else None
-    photo = ahead.take(data) if ahead is not None else None
-    drafted = False
-    if photo is None:
-        photo, drafted = _decode_upright(data, name, draft)
+    taken = ahead.take(data, draft) if ahead is not None else None
+    photo, drafted = taken if taken is not None else _decode_upright(data, name, draft)
     if draft and not drafted:
         return DecodedPhoto(reduce_to(photo.image, draft), photo.taken_at)
     return photo

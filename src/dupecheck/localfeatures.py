@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,20 @@ def extract(img: Image.Image, side: int | None = None) -> LocalFeatures:
 def extract_candidate(img: Image.Image) -> LocalFeatures:
     """Features of a photo being checked (CANDIDATE_MAX_SIDE, in the same frame)."""
     return extract(img, CANDIDATE_MAX_SIDE)
+
+
+_extractor: ThreadPoolExecutor | None = None
+
+
+def extract_beside(img: Image.Image, side: int | None = None) -> Future[LocalFeatures]:
+    """extract() in a thread of its own: Pillow's reduce and OpenCV's SIFT let go of the
+    GIL, so a checked photo's features are taken on the other core while its PDQ hashes and
+    model inputs are made (a cold check spends that time on one core otherwise)."""
+    global _extractor
+    if _extractor is None:
+        _extractor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupecheck-features")
+    img.load()  # read by two threads at once: nothing may be left to load lazily
+    return _extractor.submit(extract, img, side)
 
 
 def as_unit_vectors(descriptors: np.ndarray) -> np.ndarray:

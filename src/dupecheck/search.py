@@ -22,13 +22,13 @@ from .errors import DupecheckError, ImageError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
 from .imaging import FULL_FRAME, MAX_PHOTO_BYTES, crop_variants, decode, model_views
 from .localfeatures import (
+    CANDIDATE_MAX_SIDE,
     SHORTLIST_GLOBAL,
     SHORTLIST_VOTES,
     LocalFeatures,
     Transform,
     Verification,
-    extract,
-    extract_candidate,
+    extract_beside,
     verify,
 )
 from .store import Index, IndexedPhoto
@@ -136,6 +136,9 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
     or with `as_archive` as an archive photo's (`compare`'s B)."""
     name, data = read_source(source)
     photo = decode(data, name, draft=spec.draft_size)
+    features = None
+    if local:  # on the other core, while the hashes and the model's inputs are made
+        features = extract_beside(photo.image, None if as_archive else CANDIDATE_MAX_SIDE)
     variants = crop_variants(photo.image)
     views = model_views(variants)
     distinct = sorted(set(views))
@@ -145,8 +148,7 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
         variants=[name for name, _ in variants],
         pdq=np.stack([pdq_hash(img) for _, img in variants]),
         pixels=np.stack([spec.to_input(variants[i][1]) for i in distinct]),
-        features=None if not local else extract(photo.image) if as_archive
-        else extract_candidate(photo.image),
+        features=None if features is None else features.result(),
         views=[distinct.index(v) for v in views],
     )
 
