@@ -9,7 +9,7 @@
    photos flagged, with local features and without (PDQ alone), for each part of the set
    (tests/helpers.py: reedit_split; the rule was set on the two tuning parts only).
 2. Cost of `index` end to end (ResNet-50, ONNX, random weights) with and without local
-   features, interleaved repeats, medians; disk per photo.
+   features: back-to-back pairs, the median of their ratios; disk per photo.
 3. Cold `check` of one photo, fresh process, 10,000-photo index with and without local
    features; the shortlist's size, and what it would be at 100,000 photos.
 4. Where `index` time goes: CPU per photo of local features against the ONNX model's.
@@ -65,11 +65,31 @@ def archive_side(side: int) -> Iterator[None]:
         lf.ARCHIVE_FEATURE_SIDE = kept
 
 
+@contextmanager
+def sift_layers(layers: int) -> Iterator[None]:
+    """SIFT with `layers` per octave for the block (contrast threshold scaled as the library
+    scales it), for archive and checked photos alike."""
+    kept = lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST, lf._sift
+    lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST, lf._sift = layers, 0.04 * layers / 3, None
+    try:
+        yield
+    finally:
+        lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST, lf._sift = kept
+
+
 def quality(photos_dir: Path, work: Path,
             parts: tuple[str, ...] = ("tuning", "tuning-2", "held-back"),
-            sides: tuple[int, ...] | None = None) -> list[dict[str, object]]:
-    """Per part: PDQ alone, then re-framed with archive features taken at each side."""
+            sides: tuple[int, ...] | None = None,
+            layers: tuple[int, ...] = ()) -> list[dict[str, object]]:
+    """Per part: PDQ alone, then re-framed with archive features taken at each side, and
+    at the first side with SIFT's other layer counts."""
     sides = sides or (lf.ARCHIVE_FEATURE_SIDE,)
+    configs = [(side, lf.SIFT_OCTAVE_LAYERS) for side in sides] + [
+        (sides[0], n) for n in layers if n != lf.SIFT_OCTAVE_LAYERS]
+
+    def key(side: int, n: int) -> str:
+        return f"with_local_{side}px" + ("" if n == lf.SIFT_OCTAVE_LAYERS else f"_{n}layers")
+
     rows = []
     weights = tiny_engine.write_weights(work / "tiny.npy")
     engine = load_engine(tiny_engine.TINY, weights)
@@ -87,12 +107,13 @@ def quality(photos_dir: Path, work: Path,
         row: dict[str, object] = {"part": part, "posted": len(posted), "re_edits":
                                   sum(1 for c in cases if c[0] is not None),
                                   "never_posted": sum(1 for c in cases if c[0] is None)}
-        for side in (None, *sides):
-            idx = work / f"idx-{part}-{side}"
-            with archive_side(side or lf.ARCHIVE_FEATURE_SIDE):
+        for side, n in [(None, lf.SIFT_OCTAVE_LAYERS), *configs]:
+            idx = work / f"idx-{part}-{side}-{n}"
+            with archive_side(side or lf.ARCHIVE_FEATURE_SIDE), sift_layers(n):
                 build_index([folder], idx, tiny_engine.TINY, weights,
                             local_features=side is not None)
-            results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine, 1.0, 1)
+                results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine,
+                                       1.0, 1)
             found = flagged = 0
             by_edit: dict[str, list[int]] = {}
             inliers = []
@@ -114,18 +135,18 @@ def quality(photos_dir: Path, work: Path,
             else:
                 outcome["median_inliers_of_found"] = (statistics.median(inliers)
                                                       if inliers else 0)
-                row[f"with_local_{side}px"] = outcome
-        row["with_local"] = row[f"with_local_{sides[0]}px"]
+                row[key(side, n)] = outcome
+        row["with_local"] = row[key(*configs[0])]
         rows.append(row)
     heads = ["part", "re-edits", "PDQ alone"]
-    for side in sides:
-        heads += [f"re-framed, archive {side} px", "flagged"]
+    for side, n in configs:
+        heads += [f"re-framed, archive {side} px, {n} layers", "flagged"]
     table("1. re-edits found at rank 1 (embedding off), never-posted photos flagged "
-          f"(checked photos' features at {lf.CANDIDATE_MAX_SIDE} px)",
+          f"(checked photos' features at {lf.CANDIDATE_MAX_SIDE} px; SIFT layers per octave "
+          "for archive and checked photos alike)",
           heads + ["never posted"],
           [[r["part"], r["re_edits"], r["pdq_alone"]["found"]]
-           + [v for side in sides for v in (r[f"with_local_{side}px"]["found"],
-                                            r[f"with_local_{side}px"]["flagged"])]
+           + [v for c in configs for v in (r[key(*c)]["found"], r[key(*c)]["flagged"])]
            + [r["never_posted"]] for r in rows])
     print(f"   per edit (held-back, archive {sides[0]} px):", rows[-1]["with_local"]["by_edit"])
     return rows
@@ -148,6 +169,9 @@ def index_cost(photos_dir: Path, work: Path, repeat: int) -> list[dict[str, obje
 
 
 def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[str, object]:
+    """Each repeat indexes without and with local features back to back (the order
+    alternating), so that the ratio of each pair shares its minute of this machine's
+    drifting speed; the figure is the median of those ratios."""
     spec = MODELS["resnet50"]
     weights = work / "resnet50-random.pth"
     if not weights.exists():
@@ -156,7 +180,7 @@ def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[s
     times: dict[bool, list[float]] = {False: [], True: []}
     n = 0
     for k in range(repeat):
-        for local in (False, True):
+        for local in ((False, True) if k % 2 == 0 else (True, False)):
             idx = work / f"cost-{photos_dir.name}-{local}-{k}"
             start = time.perf_counter()
             summary = build_index([photos_dir], idx, spec, weights, engine="onnx",
@@ -168,15 +192,19 @@ def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[s
     local_bytes = sum((gen / name).stat().st_size for name in index.checksums.sha256
                       if name.startswith("local-"))
     without, with_ = statistics.median(times[False]), statistics.median(times[True])
+    ratios = [a / b for a, b in zip(times[True], times[False], strict=True)]
+    ratio = statistics.median(ratios)
     result = {"folder": label, "photos": n, "without_s": without, "with_s": with_,
-              "slower": with_ / without - 1, "local_bytes_per_photo": local_bytes / n}
-    table(f"2. `index` end to end, {n} photos, {label}, resnet50 onnx (median of {repeat}, "
-          "model load included)",
+              "pair_ratios": ratios, "slower": ratio - 1,
+              "local_bytes_per_photo": local_bytes / n}
+    table(f"2. `index` end to end, {n} photos, {label}, resnet50 onnx (median of {repeat} "
+          "back-to-back pairs, model load included)",
           ["local features", "seconds", "img/s"],
           [["off", f"{without:.1f}", f"{n / without:.1f}"],
            ["on", f"{with_:.1f}", f"{n / with_:.1f}"]])
-    print(f"   on/off: {with_ / without:.2f}x ({result['slower']:+.0%}); local features on "
-          f"disk: {local_bytes / n / 1024:.1f} KB per photo")
+    print(f"   on/off: {ratio:.2f}x ({result['slower']:+.0%}; the pairs: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}); local features on disk: "
+          f"{local_bytes / n / 1024:.1f} KB per photo")
     return result
 
 
@@ -261,14 +289,22 @@ def cpu_per_photo(photos_dir: Path, work: Path) -> dict[str, float]:
     images = [decode(p.read_bytes(), p.name, draft=spec.archive_draft_size).image
               for p in sorted(export.iterdir())]
     result: dict[str, float] = {}
-    for side in sorted({lf.LOCAL_MAX_SIDE, lf.CANDIDATE_MAX_SIDE,
-                        lf.ARCHIVE_FEATURE_SIDE}, reverse=True):
-        lf.extract(images[0], side)  # warm-up
-        start = time.process_time()
-        for img in images:
-            lf.extract(img, side)
-        result[f"local_features_{side}px_cpu_ms"] = 1000 * (time.process_time() - start) / len(
-            images)
+    sides = sorted({lf.LOCAL_MAX_SIDE, lf.CANDIDATE_MAX_SIDE, lf.ARCHIVE_FEATURE_SIDE},
+                   reverse=True)
+    runs: dict[str, list[float]] = {}
+    for _ in range(3):  # interleaved, medians: this machine's speed drifts
+        for side, layers in [(s, lf.SIFT_OCTAVE_LAYERS) for s in sides] + [
+                (lf.ARCHIVE_FEATURE_SIDE, 3)]:
+            name = f"local_features_{side}px_cpu_ms" + (
+                "" if layers == lf.SIFT_OCTAVE_LAYERS else f"_{layers}_layers")
+            with sift_layers(layers):
+                lf.extract(images[0], side)  # warm-up
+                start = time.process_time()
+                for img in images:
+                    lf.extract(img, side)
+            runs.setdefault(name, []).append(
+                1000 * (time.process_time() - start) / len(images))
+    result.update({name: statistics.median(v) for name, v in runs.items()})
     engine = load_engine(spec, weights, "onnx")
     pixels = np.stack([spec.to_input(img) for img in images[:spec.batch_size]])
     engine.embed_batch(pixels)
@@ -290,6 +326,9 @@ def main() -> int:
     parser.add_argument("--sides", default="",
                         help="comma list of archive feature sides compared in section 1 "
                              "(the first is the one reported as 'with re-framed')")
+    parser.add_argument("--layers", default="",
+                        help="comma list of SIFT layers per octave also run in section 1, "
+                             "at the first side (the library's own is always run)")
     parser.add_argument("--skip", default="",
                         help="comma list of: quality,index,check,cpu")
     args = parser.parse_args()
@@ -298,7 +337,8 @@ def main() -> int:
     try:
         if "quality" not in skip:
             doc["quality"] = quality(args.photos, work, sides=tuple(
-                int(v) for v in args.sides.split(",") if v))
+                int(v) for v in args.sides.split(",") if v), layers=tuple(
+                int(v) for v in args.layers.split(",") if v))
         if "index" not in skip:
             doc["index"] = index_cost(args.photos, work, args.repeat)
         if "check" not in skip:
