@@ -14,6 +14,10 @@ writes JSON.
    decision. Random weights (none can be downloaded here) give embeddings that all lie
    within a hair of each other, so nearest neighbours are decided by noise: the gate
    refusing int8 for them is the gate working; trained weights separate photos.
+4. Where a photo's CPU goes at `index` (one thread, medians of 3): reading its hash,
+   decoding it at the index's draft, PDQ, the model's input, local features, and the
+   fp32 model itself (batch 16, CPU of both cores); the model's share of the sum is what
+   `index` could reach of its ceiling were every step perfectly overlapped.
 """
 
 from __future__ import annotations
@@ -52,6 +56,47 @@ def alone(engine, spec, n: int = 96) -> float:
         engine.embed_batch(pixels)
         done += len(pixels)
     return done / (time.perf_counter() - start)
+
+
+def cpu_per_step(files: list[Path], spec, engine) -> dict[str, float]:  # noqa: ANN001
+    """CPU ms per photo of each step `index` takes (section 4)."""
+    from dupecheck import localfeatures as lf
+    from dupecheck.evidence import pdq_hash
+
+    datas = [p.read_bytes() for p in files]
+    images = [decode(d, "x", draft=spec.archive_draft_size).image for d in datas]
+    pixels = np.stack([spec.to_input(img) for img in images[:16]])
+    steps = {
+        "content hash (SHA-256)": lambda: [sha256_bytes(d) for d in datas],
+        "decode at the index's draft": lambda: [
+            decode(d, "x", draft=spec.archive_draft_size) for d in datas],
+        "PDQ": lambda: [pdq_hash(img) for img in images],
+        "model input": lambda: [spec.to_input(img) for img in images],
+        "local features": lambda: [lf.extract(img) for img in images],
+    }
+    runs: dict[str, list[float]] = {}
+    for _ in range(3):
+        for name, step in steps.items():
+            start = time.process_time()
+            step()
+            runs.setdefault(name, []).append(1000 * (time.process_time() - start) / len(datas))
+        start = time.process_time()
+        for _ in range(3):
+            engine.embed_batch(pixels)
+        runs.setdefault("ResNet-50 fp32 (both cores)", []).append(
+            1000 * (time.process_time() - start) / (3 * len(pixels)))
+    result = {name: statistics.median(v) for name, v in runs.items()}
+    model = result["ResNet-50 fp32 (both cores)"]
+    rest = sum(v for k, v in result.items() if k != "ResNet-50 fp32 (both cores)")
+    rest_plain = rest - result["local features"]
+    table(f"4. CPU per photo at `index`, {len(files)} photos as an export holds them "
+          "(median of 3)", ["step", "CPU ms per photo"],
+          [[k, f"{v:.1f}"] for k, v in result.items()])
+    print(f"   the model's share of a photo's CPU: {model / (model + rest_plain):.0%} "
+          f"without local features, {model / (model + rest):.0%} with them: the most "
+          "`index` can reach of its ceiling on two cores")
+    return {**result, "model_share_plain": model / (model + rest_plain),
+            "model_share_local": model / (model + rest)}
 
 
 def main() -> int:
@@ -116,6 +161,7 @@ def main() -> int:
                 f"{f.get('top1_agreement', 0):.1%}", summary.precision]])
         if summary.precision_note:
             print(f"   {summary.precision_note}")
+        doc["cpu_per_photo"] = cpu_per_step(files, spec, engines["fp32"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return save(doc, args.out)
