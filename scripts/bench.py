@@ -9,6 +9,8 @@
 2. `dupecheck check` latency in a fresh process with a 10,000-photo index, per engine.
 3. top-k search time over memory-mapped float32 matrices of 1k to 1M rows.
 4. peak RSS of `check` and `index`.
+5. `re-framed`: re-edits found on the held-back part with the embedding off, and `index`
+   with and without local features (scripts/bench_reframed.py runs all of it).
 
 Weights are random (no downloads here): speed does not depend on their values.
 """
@@ -394,6 +396,17 @@ def _write_big_index(root: Path, n: int, dim: int) -> None:
     (root.parent / f"tmp-{n}-{dim}.npy").unlink()
 
 
+def bench_reframed(photos_dir: Path, work: Path, repeat: int) -> dict[str, object]:
+    """Section 5, from scripts/bench_reframed.py (imported here: it imports this module)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_reframed import index_cost, quality
+
+    folder = work / "reframed"
+    folder.mkdir(exist_ok=True)
+    return {"quality": quality(photos_dir, folder, parts=("held-back",)),
+            "index": index_cost(photos_dir, folder, max(repeat, 5))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/photos")
@@ -404,7 +417,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="repeats of section 1")
     parser.add_argument("--load-rows", type=int, default=100_000)
     parser.add_argument("--skip", default="",
-                        help="comma list of: index,check,rss,load,search")
+                        help="comma list of: index,check,rss,load,search,reframed")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work, doc = workspace("bench")
@@ -421,6 +434,8 @@ def main() -> int:
             doc["load"] = bench_load(args.photos, work, args.load_rows, max(3, args.runs // 2))
         if "search" not in skip:
             doc["search"] = bench_search(work, args.max_rows)
+        if "reframed" not in skip:
+            doc["reframed"] = bench_reframed(args.photos, work, args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return save(doc, args.out)
