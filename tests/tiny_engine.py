@@ -15,6 +15,7 @@ import numpy as np
 from dupecheck.engines import ModelSpec, register_model
 from dupecheck.engines.base import l2_normalise
 from dupecheck.errors import WeightsUnavailable
+from dupecheck.store import load_npy
 
 TINY = ModelSpec(
     name="tiny-test",
@@ -42,7 +43,9 @@ class TinyEngine:
 
 def build(spec: ModelSpec, weights: Path) -> TinyEngine:
     try:
-        projection = np.load(weights, allow_pickle=False)
+        # In a check the engine loads in a thread while the index's .npy headers are
+        # parsed: one parse at a time, as the library reads them (store.load_npy).
+        projection = load_npy(weights)
     except Exception as exc:
         raise WeightsUnavailable(f"not a tiny-test checkpoint ({exc})", weights) from exc
     if projection.shape != (48, spec.dim):

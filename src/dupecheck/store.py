@@ -133,7 +133,7 @@ class Index:
             pending.wait()
         else:
             self.checksums.verify(path)
-        return _load_npy(path, mmap=True)
+        return load_npy(path, mmap=True)
 
     def rows_with_sha256(self, sha256: str) -> list[int]:
         """Rows whose photo has this content hash (the exact evidence)."""
@@ -341,8 +341,8 @@ class LocalStore:
         desc_path, points_path = gen_dir / LOCAL_DESCRIPTORS_FILE, gen_dir / LOCAL_POINTS_FILE
         _check_npy(desc_path, np.dtype("u1"), (count, LOCAL_FEATURES, DESCRIPTOR_DIM))
         _check_npy(points_path, np.dtype("<f2"), (count, LOCAL_FEATURES, 2))
-        self._descriptors = _load_npy(desc_path, mmap=True)
-        self._points = _load_npy(points_path, mmap=True)
+        self._descriptors = load_npy(desc_path, mmap=True)
+        self._points = load_npy(points_path, mmap=True)
         self._verified: set[int] = set()
         self._has_shortlist = LOCAL_SHORTLIST_FILE in checks.sha256
         self._shortlist: Shortlist | None = None
@@ -423,7 +423,7 @@ def _load_verified(path: Path, dtype: np.dtype, shape: tuple[int, ...],
                    checks: Checksums) -> np.ndarray:
     _check_npy(path, dtype, shape)
     checks.verify(path)
-    return _load_npy(path)
+    return load_npy(path)
 
 
 def _entry_record(entry: ModelEntry) -> dict[str, Any]:
@@ -526,7 +526,9 @@ def _open_rows(gen_dir: Path, count: int, checks: Checksums) -> PhotoRows:
 _NPY_HEADER_LOCK = threading.Lock()
 
 
-def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """np.load without pickles, one header parse at a time (see above): every .npy that
+    dupecheck reads while other threads may read others goes through here."""
     with _NPY_HEADER_LOCK:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
@@ -763,7 +765,8 @@ class Staging:
             return found
         for batch in sorted(self.dir.glob("batch-*.npz")):
             try:
-                with np.load(batch, allow_pickle=False) as data:
+                # An .npz parses each member's header when it is read: all under the lock.
+                with _NPY_HEADER_LOCK, np.load(batch, allow_pickle=False) as data:
                     shas = [s.decode("ascii") for s in data["sha256"]]
                     pdq, emb, taken = data["pdq"], data["embedding"], data["taken_at"]
                     if not (len(shas) == len(pdq) == len(emb) == len(taken)):
