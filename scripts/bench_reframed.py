@@ -9,7 +9,8 @@
    photos flagged, with local features and without (PDQ alone), for each part of the set
    (tests/helpers.py: reedit_split; the rule was set on the two tuning parts only).
 2. Cost of `index` end to end (ResNet-50, ONNX, random weights) with and without local
-   features: back-to-back pairs, the median of their ratios; disk per photo.
+   features, each in a fresh process: back-to-back pairs, the median of their ratios;
+   disk per photo.
 3. Cold `check` of one photo, fresh process, 10,000-photo index with and without local
    features; the shortlist's size, and what it would be at 100,000 photos.
 4. Where `index` time goes: CPU per photo of local features against the ONNX model's.
@@ -169,26 +170,34 @@ def index_cost(photos_dir: Path, work: Path, repeat: int) -> list[dict[str, obje
             _index_cost(photos_dir, work, repeat, "camera originals (2048 px, HEIC)")]
 
 
+_INDEX = ("import sys; from pathlib import Path; from dupecheck.engines import MODELS; "
+          "from dupecheck.indexer import build_index; "
+          "build_index([Path(sys.argv[1])], Path(sys.argv[2]), MODELS['resnet50'], "
+          "Path(sys.argv[3]), engine='onnx', local_features=sys.argv[4] == '1')")
+
+
 def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[str, object]:
     """Each repeat indexes without and with local features back to back (the order
-    alternating), so that the ratio of each pair shares its minute of this machine's
-    drifting speed; the figure is the median of those ratios."""
-    spec = MODELS["resnet50"]
+    alternating), each in a fresh process as `dupecheck index` runs (imports and the
+    model's load included; the sources byte-compiled as pip installs them), so that the
+    ratio of each pair shares its minute of this machine's drifting speed; the figure is
+    the median of those ratios."""
     weights = work / "resnet50-random.pth"
     if not weights.exists():
         random_weights("resnet50", work)
-    load_engine(spec, weights, "onnx")
+    load_engine(MODELS["resnet50"], weights, "onnx")  # the ONNX export and its optimization
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], check=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     times: dict[bool, list[float]] = {False: [], True: []}
-    n = 0
     for k in range(repeat):
         for local in ((False, True) if k % 2 == 0 else (True, False)):
             idx = work / f"cost-{photos_dir.name}-{local}-{k}"
             start = time.perf_counter()
-            summary = build_index([photos_dir], idx, spec, weights, engine="onnx",
-                                  local_features=local)
+            subprocess.run([sys.executable, "-c", _INDEX, str(photos_dir), str(idx),
+                            str(weights), "1" if local else "0"], env=env, check=True)
             times[local].append(time.perf_counter() - start)
-            n = summary.photos
     index = open_index(work / f"cost-{photos_dir.name}-True-{repeat - 1}")
+    n = len(index.photos)
     gen = index.root / index.generation
     local_bytes = sum((gen / name).stat().st_size for name in index.checksums.sha256
                       if name.startswith("local-"))
@@ -198,8 +207,8 @@ def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[s
     result = {"folder": label, "photos": n, "without_s": without, "with_s": with_,
               "pair_ratios": ratios, "slower": ratio - 1,
               "local_bytes_per_photo": local_bytes / n}
-    table(f"2. `index` end to end, {n} photos, {label}, resnet50 onnx (median of {repeat} "
-          "back-to-back pairs, model load included)",
+    table(f"2. `index` end to end, {n} photos, {label}, resnet50 onnx (fresh processes, "
+          f"median of {repeat} back-to-back pairs)",
           ["local features", "seconds", "img/s"],
           [["off", f"{without:.1f}", f"{n / without:.1f}"],
            ["on", f"{with_:.1f}", f"{n / with_:.1f}"]])
