@@ -307,3 +307,17 @@ def test_edges_of_the_shortlist_and_the_rule_on_an_old_archive(shared_photos, tm
     assert old.local is None
     [result] = check_photos([candidate], old, tiny_engine.TINY, engine, 1.0, top_k=3)
     assert result.verdict == "new" and all(m.inliers is None for m in result.matches)
+
+
+def test_features_taken_beside_are_the_features_taken_here():
+    """A check takes its photo's features in another thread (extract_beside) while it
+    hashes and embeds; several at once (the service's concurrent checks) each get their
+    own photo's features, exactly as extract() gives them."""
+    photos = [synthetic_photo(s, (900, 700)) for s in range(4)]
+    futures = [lf.extract_beside(img, lf.CANDIDATE_MAX_SIDE) for img in photos]
+    for img, future in zip(photos, futures, strict=True):
+        here = lf.extract_candidate(img)
+        there = future.result(timeout=60)
+        assert len(here) > 0 and there.size == here.size
+        assert np.array_equal(there.points, here.points)
+        assert np.array_equal(there.descriptors, here.descriptors)

@@ -14,6 +14,8 @@ OpenCV and FAISS are imported on first use: `check` pays for them only when it r
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,8 +46,9 @@ DESCRIPTOR_DIM = 128  # SIFT
 ROOTSIFT_SCALE = 512.0
 # SIFT's scale space: 2 layers per octave instead of OpenCV's 3, with its contrast
 # threshold scaled to match (OpenCV divides it by the layers, so 0.04 over 3 layers is
-# 0.0267 over 2): 13% less CPU per photo (ad-hoc, export photos at 320 px), and on the two
-# tuning parts 395 of 400 found against 394 with OpenCV's defaults, none flagged
+# 0.0267 over 2): less CPU per photo (x0.87 ad-hoc, x0.96 in the saved run's section 4;
+# the descriptors, a large part of it, do not change), and on the two tuning parts 395 of
+# 400 found against 394 with OpenCV's defaults, none flagged; held-back 198 against 196
 # (benchmarks/2026-11-29-reframed-3.txt runs both side by side).
 SIFT_OCTAVE_LAYERS = 2
 SIFT_CONTRAST = 0.04 * SIFT_OCTAVE_LAYERS / 3
@@ -179,15 +182,19 @@ def extract_candidate(img: Image.Image) -> LocalFeatures:
 
 
 _extractor: ThreadPoolExecutor | None = None
+_extractor_lock = threading.Lock()
 
 
 def extract_beside(img: Image.Image, side: int | None = None) -> Future[LocalFeatures]:
-    """extract() in a thread of its own: Pillow's reduce and OpenCV's SIFT let go of the
-    GIL, so a checked photo's features are taken on the other core while its PDQ hashes and
-    model inputs are made (a cold check spends that time on one core otherwise)."""
+    """extract() in another thread: Pillow's reduce and OpenCV's SIFT let go of the GIL,
+    so a checked photo's features are taken on another core while its PDQ hashes and model
+    inputs are made (a cold check spends that time on one core otherwise). One worker per
+    core, so that the service's concurrent checks still take features side by side."""
     global _extractor
-    if _extractor is None:
-        _extractor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupecheck-features")
+    with _extractor_lock:
+        if _extractor is None:
+            _extractor = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                            thread_name_prefix="dupecheck-features")
     img.load()  # read by two threads at once: nothing may be left to load lazily
     return _extractor.submit(extract, img, side)
 
