@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench import _MEASURED, random_weights, save, table, workspace  # noqa: E402
+from bench import _MEASURED, byte_compile, random_weights, save, table, workspace  # noqa: E402
 
 HEIC = "heic__IMG_2927.HEIC"  # an iPhone's 12 MP HEIC
 
@@ -96,7 +96,7 @@ def main() -> int:
                   "8 MP JPEG": eight_megapixel_jpeg(args.photos, work / "8mp.jpg")}
         sources = {f"baseline {args.baseline}": baseline / "src", "this revision": REPO / "src"}
         for src in sources.values():
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
+            byte_compile(src)
         envs = {src: {**os.environ, "XDG_CACHE_HOME": str(work / f"cache-{n}")}
                 for n, src in enumerate(sources.values())}
         for n, src in enumerate(sources.values()):

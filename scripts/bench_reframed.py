@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench import (  # noqa: E402
+    byte_compile,
     random_weights,
     run_measured,
     save,
@@ -186,7 +187,7 @@ def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[s
     if not weights.exists():
         random_weights("resnet50", work)
     load_engine(MODELS["resnet50"], weights, "onnx")  # the ONNX export and its optimization
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], check=True)
+    byte_compile(REPO / "src")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     times: dict[bool, list[float]] = {False: [], True: []}
     for k in range(repeat):
@@ -254,10 +255,9 @@ def check_cost(photos_dir: Path, work: Path, runs: int, rows: int = 10_000
     photo = next(p for p in sorted(photos_dir.iterdir()) if p.suffix.lower() == ".jpg")
     medians = {}
     rss = {}
-    # Byte-compiled, as pip leaves an installed package: else every check compiles the
-    # modules it imports (where PYTHONDONTWRITEBYTECODE is set), the local ones counted
-    # against local features.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], check=True)
+    # Byte-compiled: else the modules only local features import would be compiled at
+    # every check and counted against them.
+    byte_compile(REPO / "src")
     for _name, idx in (("without", plain), ("with", local_idx)):
         env = {**os.environ, "DUPECHECK_INDEX": str(idx), "PYTHONPATH": str(REPO / "src")}
         cmd = ["check", str(photo), "--quiet", "--engine", "onnx", "--threshold", "1.0"]
