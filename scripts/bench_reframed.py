@@ -9,8 +9,8 @@
    photos flagged, with local features and without (PDQ alone), for each part of the set
    (tests/helpers.py: reedit_split; the rule was set on the two tuning parts only).
 2. Cost of `index` end to end (ResNet-50, ONNX, random weights) with and without local
-   features, each in a fresh process: back-to-back pairs, the median of their ratios;
-   disk per photo.
+   features, each in a fresh process: back-to-back pairs, the median of their ratios in
+   wall time and in CPU time; disk per photo.
 3. Cold `check` of one photo, fresh process, 10,000-photo index with and without local
    features; the shortlist's size, and what it would be at 100,000 photos.
 4. Where `index` time goes: CPU per photo of local features against the ONNX model's.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -48,6 +49,7 @@ from bench import (  # noqa: E402
 
 import tiny_engine  # noqa: E402  (weight-free evidence: the embedding is off in section 1)
 from dupecheck import localfeatures as lf  # noqa: E402
+from dupecheck import store  # noqa: E402
 from dupecheck.engines import MODELS, load_engine  # noqa: E402
 from dupecheck.imaging import decode  # noqa: E402
 from dupecheck.indexer import build_index  # noqa: E402
@@ -72,26 +74,43 @@ def archive_side(side: int) -> Iterator[None]:
 def sift_layers(layers: int) -> Iterator[None]:
     """SIFT with `layers` per octave for the block (contrast threshold scaled as the library
     scales it), for archive and checked photos alike."""
-    kept = lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST, lf._sift
-    lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST, lf._sift = layers, 0.04 * layers / 3, None
+    kept = lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST
+    lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST = layers, 0.04 * layers / 3
     try:
         yield
     finally:
-        lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST, lf._sift = kept
+        lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST = kept
+
+
+@contextmanager
+def archive_features(count: int) -> Iterator[None]:
+    """Archive photos keep their `count` strongest features for the block (the stored
+    width changes with it; checked photos keep CANDIDATE_FEATURES)."""
+    kept = lf.LOCAL_FEATURES
+    lf.LOCAL_FEATURES = store.LOCAL_FEATURES = count
+    try:
+        yield
+    finally:
+        lf.LOCAL_FEATURES = store.LOCAL_FEATURES = kept
 
 
 def quality(photos_dir: Path, work: Path,
             parts: tuple[str, ...] = ("tuning", "tuning-2", "held-back"),
             sides: tuple[int, ...] | None = None,
-            layers: tuple[int, ...] = ()) -> list[dict[str, object]]:
-    """Per part: PDQ alone, then re-framed with archive features taken at each side, and
-    at the first side with SIFT's other layer counts."""
+            layers: tuple[int, ...] = (),
+            configs: tuple[tuple[int, int], ...] = ()) -> list[dict[str, object]]:
+    """Per part: PDQ alone, then re-framed with archive features taken at each side, at
+    the first side with SIFT's other layer counts, and at each (side, archive features)
+    of `configs`."""
     sides = sides or (lf.ARCHIVE_FEATURE_SIDE,)
-    configs = [(side, lf.SIFT_OCTAVE_LAYERS) for side in sides] + [
-        (sides[0], n) for n in layers if n != lf.SIFT_OCTAVE_LAYERS]
+    library = (lf.SIFT_OCTAVE_LAYERS, lf.LOCAL_FEATURES)
+    runs = [(side, *library) for side in sides] + [
+        (sides[0], n, library[1]) for n in layers if n != library[0]] + [
+        (side, library[0], count) for side, count in configs]
 
-    def key(side: int, n: int) -> str:
-        return f"with_local_{side}px" + ("" if n == lf.SIFT_OCTAVE_LAYERS else f"_{n}layers")
+    def key(side: int, n: int, count: int) -> str:
+        return (f"with_local_{side}px" + ("" if n == library[0] else f"_{n}layers")
+                + ("" if count == library[1] else f"_{count}features"))
 
     rows = []
     weights = tiny_engine.write_weights(work / "tiny.npy")
@@ -110,9 +129,10 @@ def quality(photos_dir: Path, work: Path,
         row: dict[str, object] = {"part": part, "posted": len(posted), "re_edits":
                                   sum(1 for c in cases if c[0] is not None),
                                   "never_posted": sum(1 for c in cases if c[0] is None)}
-        for side, n in [(None, lf.SIFT_OCTAVE_LAYERS), *configs]:
-            idx = work / f"idx-{part}-{side}-{n}"
-            with archive_side(side or lf.ARCHIVE_FEATURE_SIDE), sift_layers(n):
+        for side, n, count in [(None, *library), *runs]:
+            idx = work / f"idx-{part}-{side}-{n}-{count}"
+            with (archive_side(side or lf.ARCHIVE_FEATURE_SIDE), sift_layers(n),
+                  archive_features(count)):
                 build_index([folder], idx, tiny_engine.TINY, weights,
                             local_features=side is not None)
                 results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine,
@@ -138,18 +158,18 @@ def quality(photos_dir: Path, work: Path,
             else:
                 outcome["median_inliers_of_found"] = (statistics.median(inliers)
                                                       if inliers else 0)
-                row[key(side, n)] = outcome
-        row["with_local"] = row[key(*configs[0])]
+                row[key(side, n, count)] = outcome
+        row["with_local"] = row[key(*runs[0])]
         rows.append(row)
     heads = ["part", "re-edits", "PDQ alone"]
-    for side, n in configs:
-        heads += [f"re-framed, archive {side} px, {n} layers", "flagged"]
+    for side, n, count in runs:
+        heads += [f"re-framed, archive {side} px x {count}, {n} layers", "flagged"]
     table("1. re-edits found at rank 1 (embedding off), never-posted photos flagged "
           f"(checked photos' features at {lf.CANDIDATE_MAX_SIDE} px; SIFT layers per octave "
           "for archive and checked photos alike)",
           heads + ["never posted"],
           [[r["part"], r["re_edits"], r["pdq_alone"]["found"]]
-           + [v for c in configs for v in (r[key(*c)]["found"], r[key(*c)]["flagged"])]
+           + [v for c in runs for v in (r[key(*c)]["found"], r[key(*c)]["flagged"])]
            + [r["never_posted"]] for r in rows])
     print(f"   per edit (held-back, archive {sides[0]} px):", rows[-1]["with_local"]["by_edit"])
     return rows
@@ -190,13 +210,18 @@ def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[s
     byte_compile(REPO / "src")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     times: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     for k in range(repeat):
         for local in ((False, True) if k % 2 == 0 else (True, False)):
             idx = work / f"cost-{photos_dir.name}-{local}-{k}"
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", _INDEX, str(photos_dir), str(idx),
                             str(weights), "1" if local else "0"], env=env, check=True)
             times[local].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[local].append(after.ru_utime - before.ru_utime
+                              + after.ru_stime - before.ru_stime)
     index = open_index(work / f"cost-{photos_dir.name}-True-{repeat - 1}")
     n = len(index.photos)
     gen = index.root / index.generation
@@ -205,17 +230,25 @@ def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[s
     without, with_ = statistics.median(times[False]), statistics.median(times[True])
     ratios = [a / b for a, b in zip(times[True], times[False], strict=True)]
     ratio = statistics.median(ratios)
+    # CPU seconds of each process too (both cores counted): `index` keeps both cores busy,
+    # so this ratio is the cost in work, and it shows when a pair's wall time was a slow
+    # minute of this VM rather than the features.
+    cpu_ratios = [a / b for a, b in zip(cpu[True], cpu[False], strict=True)]
     result = {"folder": label, "photos": n, "without_s": without, "with_s": with_,
               "pair_ratios": ratios, "slower": ratio - 1,
+              "cpu_without_s": statistics.median(cpu[False]),
+              "cpu_with_s": statistics.median(cpu[True]),
+              "cpu_pair_ratios": cpu_ratios, "cpu_ratio": statistics.median(cpu_ratios),
               "local_bytes_per_photo": local_bytes / n}
     table(f"2. `index` end to end, {n} photos, {label}, resnet50 onnx (fresh processes, "
           f"median of {repeat} back-to-back pairs)",
-          ["local features", "seconds", "img/s"],
-          [["off", f"{without:.1f}", f"{n / without:.1f}"],
-           ["on", f"{with_:.1f}", f"{n / with_:.1f}"]])
+          ["local features", "seconds", "img/s", "CPU seconds"],
+          [["off", f"{without:.1f}", f"{n / without:.1f}", f"{result['cpu_without_s']:.1f}"],
+           ["on", f"{with_:.1f}", f"{n / with_:.1f}", f"{result['cpu_with_s']:.1f}"]])
     print(f"   on/off: {ratio:.2f}x ({result['slower']:+.0%}; the pairs: "
-          f"{', '.join(f'{r:.2f}' for r in ratios)}); local features on disk: "
-          f"{local_bytes / n / 1024:.1f} KB per photo")
+          f"{', '.join(f'{r:.2f}' for r in ratios)}); in CPU time {result['cpu_ratio']:.2f}x "
+          f"(the pairs: {', '.join(f'{r:.2f}' for r in cpu_ratios)}); local features on "
+          f"disk: {local_bytes / n / 1024:.1f} KB per photo")
     return result
 
 
@@ -343,6 +376,11 @@ def main() -> int:
     parser.add_argument("--layers", default="",
                         help="comma list of SIFT layers per octave also run in section 1, "
                              "at the first side (the library's own is always run)")
+    parser.add_argument("--configs", default="",
+                        help="comma list of SIDE/FEATURES (archive feature side and "
+                             "features kept per archive photo) also run in section 1")
+    parser.add_argument("--parts", default="tuning,tuning-2,held-back",
+                        help="comma list of the re-edit set's parts run in section 1")
     parser.add_argument("--skip", default="",
                         help="comma list of: quality,index,check,cpu")
     args = parser.parse_args()
@@ -352,7 +390,10 @@ def main() -> int:
         if "quality" not in skip:
             doc["quality"] = quality(args.photos, work, sides=tuple(
                 int(v) for v in args.sides.split(",") if v), layers=tuple(
-                int(v) for v in args.layers.split(",") if v))
+                int(v) for v in args.layers.split(",") if v), configs=tuple(
+                (int(c.split("/")[0]), int(c.split("/")[1]))
+                for c in args.configs.split(",") if c), parts=tuple(
+                p for p in args.parts.split(",") if p))
         if "index" not in skip:
             doc["index"] = index_cost(args.photos, work, args.repeat)
         if "check" not in skip:

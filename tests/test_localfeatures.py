@@ -314,7 +314,7 @@ def test_features_taken_beside_are_the_features_taken_here():
     hashes and embeds; several at once (the service's concurrent checks) each get their
     own photo's features, exactly as extract() gives them."""
     photos = [synthetic_photo(s, (900, 700)) for s in range(4)]
-    futures = [lf.extract_beside(img, lf.CANDIDATE_MAX_SIDE) for img in photos]
+    futures = [lf.extract_beside(img) for img in photos]
     for img, future in zip(photos, futures, strict=True):
         here = lf.extract_candidate(img)
         there = future.result(timeout=60)

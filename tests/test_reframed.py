@@ -237,6 +237,27 @@ def test_features_of_an_older_extraction_are_never_used_and_re_indexing_renews_t
                weights=tiny_weights).exit_code == 1
 
 
+def test_features_stored_at_another_width_are_set_aside_not_refused(export, tmp_path,
+                                                                     tiny_weights, monkeypatch):
+    """LOCAL_VERSION 3 kept 256 features per photo; an index from then (or any other width)
+    opens without its local features, as an older extraction does, and is not taken for a
+    damaged index: its arrays are never opened with the wrong shape."""
+    import dupecheck.store as store
+
+    idx = tmp_path / "wider"
+    wider = lf.LOCAL_FEATURES + 64
+    with monkeypatch.context() as m:
+        m.setattr(lf, "LOCAL_FEATURES", wider)
+        m.setattr(store, "LOCAL_FEATURES", wider)
+        build_index([export], idx, TINY, tiny_weights)
+        assert open_index(idx).local is not None  # as that width saw it
+    index = open_index(idx)
+    assert index.local is None and len(index.photos) == len(SOURCES)
+    build_index([export], idx, TINY, tiny_weights)
+    renewed = open_index(idx).local
+    assert renewed is not None and renewed.meta[:, 0].max() <= lf.LOCAL_FEATURES
+
+
 def test_local_features_are_reused_by_content_and_staged_for_resume(indexed, export, tmp_path,
                                                                      tiny_weights, monkeypatch):
     import dupecheck.indexer as indexer

@@ -29,17 +29,24 @@ from PIL import Image
 LOCAL_MAX_SIDE = 512  # the frame every photo's keypoints are placed in (RANSAC_PIXELS, boxes)
 # Features are taken smaller than that frame, their points then scaled into it, so that
 # every transform means the same. OpenCV's SIFT doubles its input first, so its cost goes
-# with the side squared: an archive photo's features at 320 px take 21.0 ms of CPU against
-# 37.9 at 512 (LOCAL_VERSION 1). On the two tuning parts of the re-edit set, archive
-# features at 512 / 320 / 256 px found 396 / 394 / 387 of 400, none flagged at any side;
-# 320 keeps the target (97%) with room; held-back 196 of 200
+# with the side squared: an archive photo's features at 320 px took 21.0 ms of CPU against
+# 37.9 at 512 (LOCAL_VERSION 1); on the two tuning parts of the re-edit set archive
+# features at 512 / 320 / 256 px found 396 / 394 / 387 of 400, none flagged at any side
 # (benchmarks/2026-11-28-reframed-2.txt).
-ARCHIVE_FEATURE_SIDE = 320
+# An archive photo keeps its strongest 192 features, taken at 288 px (LOCAL_VERSION 4):
+# OpenCV's SIFT computes descriptors only for the keypoints it keeps, so the count sets a
+# large part of its cost. SIFT CPU per export photo against 256 at 320 px (ad-hoc, 5
+# interleaved): 192 at 320 px 0.85x, 256 at 288 px 0.88x, 192 at 288 px 0.74x, 160 at
+# 320 px 0.84x. On the two tuning parts (embedding off): 395 / 393 / 393 / 391 of 400 for
+# 256@320, 192@320, 192@288, 160@320, none flagged; 192@288 keeps the target (97%) at the
+# lowest cost (see README "How the thresholds were chosen" for the held-back run).
+ARCHIVE_FEATURE_SIDE = 288
+LOCAL_FEATURES = 192  # the strongest keypoints kept per archive photo (the stored width)
 # A photo being checked is searched with features taken at 384 px (34 ms of CPU against 52
 # ms at 512). On the two tuning parts: 396/400 found at 384 px against 395/400 at 512, none
 # flagged; held-back 197/200 both ways (benchmarks/2026-11-28-reframed-candidate-384.txt).
 CANDIDATE_MAX_SIDE = 384
-LOCAL_FEATURES = 256  # the strongest keypoints kept per photo
+CANDIDATE_FEATURES = 256  # the strongest kept per photo being checked
 DESCRIPTOR_DIM = 128  # SIFT
 # RootSIFT components are at most sqrt(0.2) (SIFT clamps at 0.2 of its L2 norm, L1 >= L2),
 # so x512 fits a byte with room to spare.
@@ -52,7 +59,7 @@ ROOTSIFT_SCALE = 512.0
 # (benchmarks/2026-11-29-reframed-3.txt runs both side by side).
 SIFT_OCTAVE_LAYERS = 2
 SIFT_CONTRAST = 0.04 * SIFT_OCTAVE_LAYERS / 3
-LOCAL_VERSION = 3  # bump when extraction changes: stored features are then recomputed
+LOCAL_VERSION = 4  # bump when extraction changes: stored features are then recomputed
 
 RATIO = 0.8  # Lowe's ratio test
 RANSAC_PIXELS = 4.0  # reprojection error, in pixels of the 512-px frames
@@ -70,7 +77,7 @@ SHORTLIST_GLOBAL = 2  # plus the best rows by cosine and by PDQ
 SEARCH_NEIGHBOURS = 8  # descriptors looked up per candidate descriptor
 SHORTLIST_PROBES = 8  # inverted lists searched per descriptor (of up to 1024)
 # The stored (IVF-PQ) shortlist of a large index holds each photo's strongest 128
-# descriptors: half the file to verify and to search; verification still uses all 256.
+# descriptors: less of the file to verify and to search; verification uses all it keeps.
 SHORTLIST_FEATURES = 128
 FLAT_MAX_DESCRIPTORS = 1 << 17  # below this the shortlist is exact (built on open)
 
@@ -111,7 +118,7 @@ class Verification:
     reason: str  # why not, when not
 
 
-_sift = None
+_detectors: dict[tuple[int, int, float], object] = {}
 
 
 def preload() -> None:
@@ -123,18 +130,22 @@ def preload() -> None:
     import numpy.ma  # noqa: F401
 
 
-def _detector():  # type: ignore[no-untyped-def]
-    global _sift
-    if _sift is None:
+def _detector(count: int):  # type: ignore[no-untyped-def]
+    """OpenCV's SIFT keeping the `count` strongest keypoints: it computes descriptors only
+    for those, so the count sets a large part of the cost. Keyed by the settings, read at
+    call time, so that scripts/bench_reframed.py can compare them in one run."""
+    key = (count, SIFT_OCTAVE_LAYERS, SIFT_CONTRAST)
+    sift = _detectors.get(key)
+    if sift is None:
         import cv2
 
         # One OpenCV thread: dupecheck already takes features of several photos at once
         # (index) or beside other work (check); OpenCV's own pool only added ~10% of CPU
         # to every photo's SIFT here (26.4-27.7 against 24.0-24.9 ms, ad-hoc).
         cv2.setNumThreads(1)
-        _sift = cv2.SIFT_create(nfeatures=LOCAL_FEATURES, nOctaveLayers=SIFT_OCTAVE_LAYERS,
-                                contrastThreshold=SIFT_CONTRAST)
-    return _sift
+        sift = _detectors.setdefault(key, cv2.SIFT_create(
+            nfeatures=count, nOctaveLayers=SIFT_OCTAVE_LAYERS, contrastThreshold=SIFT_CONTRAST))
+    return sift
 
 
 def reduce_for_features(img: Image.Image, max_side: int) -> Image.Image:
@@ -149,11 +160,13 @@ def reduce_for_features(img: Image.Image, max_side: int) -> Image.Image:
     return grey
 
 
-def extract(img: Image.Image, side: int | None = None) -> LocalFeatures:
-    """RootSIFT features of an upright photo, taken with its long side reduced to `side`
-    (ARCHIVE_FEATURE_SIDE when None, read at call time so that scripts/bench_reframed.py
-    can compare sides) and placed in the LOCAL_MAX_SIDE frame; a flat photo simply has few
-    or none."""
+def extract(img: Image.Image, side: int | None = None, count: int | None = None
+            ) -> LocalFeatures:
+    """RootSIFT features of an upright photo, the `count` strongest taken with its long side
+    reduced to `side` (an archive photo's ARCHIVE_FEATURE_SIDE and LOCAL_FEATURES when None,
+    read at call time so that scripts/bench_reframed.py can compare them) and placed in the
+    LOCAL_MAX_SIDE frame; a flat photo simply has few or none."""
+    count = count or LOCAL_FEATURES
     grey = reduce_for_features(img, side or ARCHIVE_FEATURE_SIDE)
     pixels = np.asarray(grey, dtype=np.uint8)
     w, h = img.size
@@ -163,10 +176,10 @@ def extract(img: Image.Image, side: int | None = None) -> LocalFeatures:
                           size)
     if min(pixels.shape) < 16:
         return empty
-    keypoints, desc = _detector().detectAndCompute(pixels, None)
+    keypoints, desc = _detector(count).detectAndCompute(pixels, None)
     if desc is None or not keypoints:
         return empty
-    order = np.argsort([-k.response for k in keypoints], kind="stable")[:LOCAL_FEATURES]
+    order = np.argsort([-k.response for k in keypoints], kind="stable")[:count]
     points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
     if size != grey.size:
         points *= np.float32(size[0] / grey.size[0])
@@ -177,15 +190,16 @@ def extract(img: Image.Image, side: int | None = None) -> LocalFeatures:
 
 
 def extract_candidate(img: Image.Image) -> LocalFeatures:
-    """Features of a photo being checked (CANDIDATE_MAX_SIDE, in the same frame)."""
-    return extract(img, CANDIDATE_MAX_SIDE)
+    """Features of a photo being checked (CANDIDATE_MAX_SIDE and CANDIDATE_FEATURES, in
+    the same frame)."""
+    return extract(img, CANDIDATE_MAX_SIDE, CANDIDATE_FEATURES)
 
 
 _extractor: ThreadPoolExecutor | None = None
 _extractor_lock = threading.Lock()
 
 
-def extract_beside(img: Image.Image, side: int | None = None) -> Future[LocalFeatures]:
+def extract_beside(img: Image.Image, candidate: bool = True) -> Future[LocalFeatures]:
     """extract() in another thread: Pillow's reduce and OpenCV's SIFT let go of the GIL,
     so a checked photo's features are taken on another core while its PDQ hashes and model
     inputs are made (a cold check spends that time on one core otherwise). One worker per
@@ -196,7 +210,7 @@ def extract_beside(img: Image.Image, side: int | None = None) -> Future[LocalFea
             _extractor = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
                                             thread_name_prefix="dupecheck-features")
     img.load()  # read by two threads at once: nothing may be left to load lazily
-    return _extractor.submit(extract, img, side)
+    return _extractor.submit(extract_candidate if candidate else extract, img)
 
 
 def as_unit_vectors(descriptors: np.ndarray) -> np.ndarray:

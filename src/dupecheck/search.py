@@ -22,7 +22,6 @@ from .errors import DupecheckError, ImageError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
 from .imaging import FULL_FRAME, MAX_PHOTO_BYTES, crop_variants, decode, model_views
 from .localfeatures import (
-    CANDIDATE_MAX_SIDE,
     SHORTLIST_GLOBAL,
     SHORTLIST_VOTES,
     LocalFeatures,
@@ -138,7 +137,7 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
     photo = decode(data, name, draft=spec.draft_size)
     features = None
     if local:  # on the other core, while the hashes and the model's inputs are made
-        features = extract_beside(photo.image, None if as_archive else CANDIDATE_MAX_SIDE)
+        features = extract_beside(photo.image, candidate=not as_archive)
     variants = crop_variants(photo.image)
     views = model_views(variants)
     distinct = sorted(set(views))

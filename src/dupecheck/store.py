@@ -494,7 +494,8 @@ def _open_generation(root: Path) -> Index:
     pdq = _load_verified(gen_dir / PDQ_FILE, np.dtype("u1"), (count, PDQ_BYTES), checks)
     local = None
     local_info = manifest.get("local")
-    if isinstance(local_info, dict) and local_info.get("version") == LOCAL_VERSION:
+    if (isinstance(local_info, dict) and local_info.get("version") == LOCAL_VERSION
+            and local_info.get("features") == LOCAL_FEATURES):
         local = LocalStore(gen_dir, count, checks)
     return Index(root, generation, photos, pdq, models, archives, created_at, checks, local)
 
