@@ -123,11 +123,18 @@ _detectors: dict[tuple[int, int, float], object] = {}
 
 def preload() -> None:
     """Import what the re-framed search needs (~0.1 s): LocalStore.prefetch does it in a
-    thread. numpy.ma too: np.unique (the shortlist's votes) imports it on first use, ~15
-    ms that would otherwise fall in the search."""
+    thread. (The search avoids np.unique: its first call imports numpy.ma, ~15 ms of
+    import holding the GIL that a check's other threads would wait for.)"""
     import cv2  # noqa: F401
     import faiss  # noqa: F401
-    import numpy.ma  # noqa: F401
+
+
+def _distinct_sorted(values: np.ndarray) -> np.ndarray:
+    """np.unique of a 1-d integer array, without importing numpy.ma."""
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    return values[np.concatenate(([True], values[1:] != values[:-1]))]
 
 
 def _detector(count: int):  # type: ignore[no-untyped-def]
@@ -270,7 +277,8 @@ def _ratio_matches(query: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 def _distinct(points: np.ndarray) -> int:
     """Keypoints at the same place (SIFT's extra orientations) count once."""
-    return len(np.unique(np.round(points).astype(np.int32), axis=0))
+    xy = np.round(points).astype(np.int64) + (1 << 20)  # a frame is <= 512 px: no overlap
+    return len(_distinct_sorted((xy[:, 0] << 32) | xy[:, 1]))
 
 
 def verify(candidate: LocalFeatures, archive: LocalFeatures) -> Verification:
@@ -445,8 +453,10 @@ class Shortlist:
             query_of, column = np.nonzero(hit)
             found = ids[rows][query_of, column]
             # One vote per (query descriptor, row); then rows by votes, ties by row.
-            pairs = np.unique(query_of.astype(np.int64) * (ntotal + 1) + found)
-            voted, counts = np.unique(pairs % (ntotal + 1), return_counts=True)
+            pairs = _distinct_sorted(query_of.astype(np.int64) * (ntotal + 1) + found)
+            counts = np.bincount(pairs % (ntotal + 1))
+            voted = np.flatnonzero(counts)
+            counts = counts[voted]
             order = np.lexsort((voted, -counts))[:limit]
             answers.append([int(voted[i]) for i in order if counts[i] >= 2])
         return answers
