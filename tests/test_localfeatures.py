@@ -156,6 +156,42 @@ def test_different_real_photos_are_never_re_framed(shared_photos):
     assert worst < lf.MIN_INLIERS // 2
 
 
+def _reference_ratio_matches(query, train, mutual=True):
+    """Lowe's ratio test and mutual nearest neighbours, written plainly: full distances,
+    each row sorted."""
+    q, t = lf.as_unit_vectors(query), lf.as_unit_vectors(train)
+    d = ((q[:, None, :] - t[None, :, :]) ** 2).sum(axis=2)
+    pairs = []
+    for i, row in enumerate(d):
+        order = np.argsort(row, kind="stable")
+        if row[order[0]] < lf.RATIO ** 2 * row[order[1]] and (
+                not mutual or d[:, order[0]].argmin() == i):
+            pairs.append((i, order[0]))
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
+def test_ratio_matches_agree_with_a_plain_reference():
+    """The fast two-nearest search finds exactly the pairs of the plain one, near-duplicate
+    descriptors and shuffled rows included."""
+    rng = np.random.default_rng(3)
+    matched = one_sided = 0
+    for _ in range(60):
+        n, m = int(rng.integers(2, 120)), int(rng.integers(2, 90))
+        shared = rng.integers(0, 60, (max(n, m), 128)).astype(np.uint8)
+        # Some query rows twice, slightly apart: both find the same nearest, only one of
+        # them is its mutual best (what SIFT's repeated structures do).
+        twice = shared[:n // 3] + rng.integers(0, 2, (n // 3, 128)).astype(np.uint8)
+        query = np.concatenate([shared[:n], twice])
+        train = (shared[:m] + rng.integers(0, 3, (m, 128)).astype(np.uint8))[rng.permutation(m)]
+        found = lf._ratio_matches(query, train)
+        reference = _reference_ratio_matches(query, train)
+        assert np.array_equal(found, reference)
+        matched += len(found)
+        one_sided += len(set(_reference_ratio_matches(query, train, mutual=False)[:, 0])
+                         - set(found[:, 0]))
+    assert matched > 0 and one_sided > 0  # the cases have matches, and some not mutual
+
+
 def test_pack_and_unpack_round_trip(real_photo):
     feats = [lf.extract(real_photo), lf.empty_features(), lf.extract(real_photo.crop((0, 0, 300,
                                                                                       200)))]
