@@ -8,6 +8,8 @@
    (--threshold 1.0): found at rank 1 with the right archive photo, and never-posted
    photos flagged, with local features and without (PDQ alone), for each part of the set
    (tests/helpers.py: reedit_split; the rule was set on the two tuning parts only).
+   1b. The held-back part again among 10,000 archive photos: the shortlist a large
+   index stores (FAISS IVF-PQ) instead of the exact one a small index builds.
 2. Cost of `index` end to end (ResNet-50, ONNX, random weights) with and without local
    features, each in a fresh process: back-to-back pairs, the median of their ratios in
    wall time and in CPU time; disk per photo.
@@ -94,6 +96,57 @@ def archive_features(count: int) -> Iterator[None]:
         lf.LOCAL_FEATURES = store.LOCAL_FEATURES = kept
 
 
+def score(cases: list, results: list) -> dict[str, object]:
+    """Re-edits found at rank 1 with their own archive photo, never-posted photos flagged."""
+    found = flagged = 0
+    by_edit: dict[str, list[int]] = {}
+    inliers = []
+    for (own, name, _), res in zip(cases, results, strict=True):
+        if own is None:
+            flagged += res.verdict != "new"
+            continue
+        hit = res.verdict != "new" and res.matches[0].photo.path.endswith(f"{own:03d}.jpg")
+        found += hit
+        by_edit.setdefault(name, []).append(int(hit))
+        if res.matches and res.matches[0].inliers:
+            inliers.append(res.matches[0].inliers)
+    return {"found": found, "flagged": flagged,
+            "by_edit": {k: f"{sum(v)}/{len(v)}" for k, v in by_edit.items()},
+            "median_inliers_of_found": statistics.median(inliers) if inliers else 0}
+
+
+def other_descriptors(features: lf.LocalFeatures, variant: int) -> lf.LocalFeatures:
+    """Other plausible SIFT descriptors at the same points (orientation bins rolled, the
+    4x4 cells flipped, transposed or shifted): distinct rows for a large synthetic index,
+    1,024 variants of each photo before one repeats. Variant 0 is the photo's own."""
+    if not 0 <= variant < 1024:
+        raise ValueError(f"variant {variant}: only 1,024 are distinct")
+    cells = features.descriptors.reshape(-1, 4, 4, 8)
+    cells = np.roll(cells, variant % 8, axis=3)
+    if variant // 8 % 2:
+        cells = cells[:, :, ::-1]
+    if variant // 16 % 2:
+        cells = cells[:, ::-1]
+    if variant // 32 % 2:
+        cells = cells.transpose(0, 2, 1, 3)
+    cells = np.roll(cells, (variant // 64 % 4, variant // 256 % 4), axis=(1, 2))
+    return lf.LocalFeatures(features.points, np.ascontiguousarray(cells.reshape(-1, 128)),
+                            features.size)
+
+
+def distractor(real: list[lf.LocalFeatures], i: int) -> lf.LocalFeatures:
+    """The i-th other archive photo of a large synthetic index: one real photo's
+    descriptors, turned (other_descriptors), at another real photo's keypoints. Turned
+    descriptors alone would keep their photo's geometry, and some turns (cells rotated
+    with their orientation bins) are the same patches seen from another orientation,
+    which SIFT also gives: that would be the same photo again, not another one."""
+    n = len(real)
+    a, b = i % n, (i % n + 1 + (i // n) % (n - 1)) % n
+    turned = other_descriptors(real[a], 1 + i // n)
+    k = min(len(turned), len(real[b]))
+    return lf.LocalFeatures(real[b].points[:k], turned.descriptors[:k], real[b].size)
+
+
 def quality(photos_dir: Path, work: Path,
             parts: tuple[str, ...] = ("tuning", "tuning-2", "held-back"),
             sides: tuple[int, ...] | None = None,
@@ -137,27 +190,11 @@ def quality(photos_dir: Path, work: Path,
                             local_features=side is not None)
                 results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine,
                                        1.0, 1)
-            found = flagged = 0
-            by_edit: dict[str, list[int]] = {}
-            inliers = []
-            for (own, name, _), res in zip(cases, results, strict=True):
-                if own is None:
-                    flagged += res.verdict != "new"
-                    continue
-                hit = (res.verdict != "new"
-                       and res.matches[0].photo.path.endswith(f"{own:03d}.jpg"))
-                found += hit
-                by_edit.setdefault(name, []).append(int(hit))
-                if res.matches and res.matches[0].inliers:
-                    inliers.append(res.matches[0].inliers)
-            outcome: dict[str, object] = {
-                "found": found, "flagged": flagged,
-                "by_edit": {k: f"{sum(v)}/{len(v)}" for k, v in by_edit.items()}}
+            outcome = score(cases, results)
             if side is None:
+                del outcome["median_inliers_of_found"]
                 row["pdq_alone"] = outcome
             else:
-                outcome["median_inliers_of_found"] = (statistics.median(inliers)
-                                                      if inliers else 0)
                 row[key(side, n, count)] = outcome
         row["with_local"] = row[key(*runs[0])]
         rows.append(row)
@@ -173,6 +210,71 @@ def quality(photos_dir: Path, work: Path,
            + [r["never_posted"]] for r in rows])
     print(f"   per edit (held-back, archive {sides[0]} px):", rows[-1]["with_local"]["by_edit"])
     return rows
+
+
+def quality_at_scale(photos_dir: Path, work: Path, rows: int = 10_000,
+                     part: str = "held-back") -> dict[str, object]:
+    """Section 1 again with the part's 40 posted photos among `rows` archive photos, so
+    that the shortlist is the stored FAISS IVF-PQ one a large index has (a 40-photo index
+    searches every descriptor exactly): does it still put the right photo in front of
+    RANSAC? The other rows are real photos' descriptors turned into other plausible SIFT
+    descriptors at another photo's keypoints (`distractor`), random PDQ hashes and
+    embeddings."""
+    from dupecheck.engines.weights import file_sha256
+    from dupecheck.store import IndexedPhoto, ModelEntry
+
+    posted, never, seed = reedit_split(list(photos_dir.iterdir()), part)
+    folder = work / f"scale-export-{part}"
+    folder.mkdir()
+    for i, path in enumerate(posted):
+        (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
+    cases = reedit_cases(posted, never, seed)
+    paths = []
+    for n, (_, _, data) in enumerate(cases):
+        paths.append(work / f"scale-case-{n:03d}.jpg")
+        paths[-1].write_bytes(data)
+    weights = tiny_engine.write_weights(work / "tiny-scale.npy")
+    engine = load_engine(tiny_engine.TINY, weights)
+    small = work / "scale-small"
+    build_index([folder], small, tiny_engine.TINY, weights)
+    base = open_index(small)
+    assert base.local is not None
+    own = [base.local.features(r) for r in range(len(base.photos))]
+    real = [lf.extract(decode(instagramify(p.read_bytes()), p.name,
+                              draft=tiny_engine.TINY.archive_draft_size).image)
+            for p in sorted(photos_dir.iterdir())]
+    extra = rows - len(own)
+    others = [distractor(real, i) for i in range(extra)]
+    rng = np.random.default_rng(seed)
+    photos = list(base.photos) + [
+        IndexedPhoto(f"media/posts/other/{i}.jpg", "post", None, None, None, f"{i:064x}")
+        for i in range(extra)]
+    pdq = np.concatenate([base.pdq, rng.integers(0, 256, (extra, 32), dtype=np.uint8)])
+    name = tiny_engine.TINY.name
+    emb = rng.normal(size=(extra, tiny_engine.TINY.dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    matrix = np.concatenate([np.asarray(base.embeddings(name)), emb])
+    entry = ModelEntry(name, tiny_engine.TINY.dim, file_sha256(weights),
+                       str(weights.resolve()), tiny_engine.TINY.preprocessing)
+    desc, points, meta = lf.pack(own + others)
+    start = time.perf_counter()
+    shortlist = lf.build_shortlist(desc, meta)
+    build_s = time.perf_counter() - start
+    assert shortlist is not None, "not large enough for a stored shortlist"
+    large = work / "scale-large"
+    write_index(large, photos, pdq, {name: (entry, matrix)}, base.archives,
+                LocalArrays(desc, points, meta, shortlist))
+    outcome = {}
+    for label, idx in ((f"{len(own)} photos (exact shortlist)", small),
+                       (f"{rows:,} photos (stored IVF-PQ shortlist)", large)):
+        results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine, 1.0, 1)
+        outcome[label] = score(cases, results)
+    table(f"1b. the {part} part among {rows:,} archive photos (embedding off; the shortlist "
+          f"built in {build_s:.1f} s)", ["archive", "re-edits found at rank 1", "flagged",
+                                         "median agreeing keypoints"],
+          [[k, v["found"], v["flagged"], v["median_inliers_of_found"]]
+           for k, v in outcome.items()])
+    return {"part": part, "rows": rows, "shortlist_build_s": build_s, **outcome}
 
 
 def export_like(photos_dir: Path, work: Path) -> Path:
@@ -264,20 +366,7 @@ def check_cost(photos_dir: Path, work: Path, runs: int, rows: int = 10_000
     # cells flipped) so that rows are distinct, as in a real archive.
     real = [lf.extract(decode(p.read_bytes(), p.name, draft=512).image)
             for p in sorted(photos_dir.iterdir())]
-    feats = []
-    for i in range(rows):
-        f = real[i % len(real)]
-        variant = i // len(real)
-        cells = f.descriptors.reshape(-1, 4, 4, 8)
-        cells = np.roll(cells, variant % 8, axis=3)
-        if variant // 8 % 2:
-            cells = cells[:, :, ::-1]
-        if variant // 16 % 2:
-            cells = cells[:, ::-1]
-        if variant // 32 % 2:
-            cells = cells.transpose(0, 2, 1, 3)
-        feats.append(lf.LocalFeatures(f.points, np.ascontiguousarray(
-            cells.reshape(-1, 128)), f.size))
+    feats = [other_descriptors(real[i % len(real)], i // len(real)) for i in range(rows)]
     desc, points, meta = lf.pack(feats)
     start = time.perf_counter()
     shortlist = lf.build_shortlist(desc, meta)
@@ -382,7 +471,7 @@ def main() -> int:
     parser.add_argument("--parts", default="tuning,tuning-2,held-back",
                         help="comma list of the re-edit set's parts run in section 1")
     parser.add_argument("--skip", default="",
-                        help="comma list of: quality,index,check,cpu")
+                        help="comma list of: quality,scale,index,check,cpu")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work, doc = workspace("bench-reframed")
@@ -394,6 +483,8 @@ def main() -> int:
                 (int(c.split("/")[0]), int(c.split("/")[1]))
                 for c in args.configs.split(",") if c), parts=tuple(
                 p for p in args.parts.split(",") if p))
+        if "scale" not in skip:
+            doc["quality_at_scale"] = quality_at_scale(args.photos, work)
         if "index" not in skip:
             doc["index"] = index_cost(args.photos, work, args.repeat)
         if "check" not in skip:
