@@ -96,6 +96,23 @@ def archive_features(count: int) -> Iterator[None]:
         lf.LOCAL_FEATURES = store.LOCAL_FEATURES = kept
 
 
+def reedit_set(photos_dir: Path, work: Path, part: str, name: str
+               ) -> tuple[list[Path], Path, list, list[Path]]:
+    """One part of the re-edit set on disk: its posted photos as Instagram posts them (a
+    folder to index) and every case as a file to check."""
+    posted, never, seed = reedit_split(list(photos_dir.iterdir()), part)
+    folder = work / f"export-{name}"
+    folder.mkdir()
+    for i, path in enumerate(posted):
+        (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
+    cases = reedit_cases(posted, never, seed)
+    paths = []
+    for n, (_, _, data) in enumerate(cases):
+        paths.append(work / f"{name}-case-{n:03d}.jpg")
+        paths[-1].write_bytes(data)
+    return posted, folder, cases, paths
+
+
 def score(cases: list, results: list) -> dict[str, object]:
     """Re-edits found at rank 1 with their own archive photo, never-posted photos flagged."""
     found = flagged = 0
@@ -169,16 +186,7 @@ def quality(photos_dir: Path, work: Path,
     weights = tiny_engine.write_weights(work / "tiny.npy")
     engine = load_engine(tiny_engine.TINY, weights)
     for part in parts:
-        posted, never, seed = reedit_split(list(photos_dir.iterdir()), part)
-        folder = work / f"export-{part}"
-        folder.mkdir()
-        for i, path in enumerate(posted):
-            (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
-        cases = reedit_cases(posted, never, seed)
-        paths = []
-        for n, (_, _, data) in enumerate(cases):
-            paths.append(work / f"{part}-case-{n:03d}.jpg")
-            paths[-1].write_bytes(data)
+        posted, folder, cases, paths = reedit_set(photos_dir, work, part, part)
         row: dict[str, object] = {"part": part, "posted": len(posted), "re_edits":
                                   sum(1 for c in cases if c[0] is not None),
                                   "never_posted": sum(1 for c in cases if c[0] is None)}
@@ -223,16 +231,8 @@ def quality_at_scale(photos_dir: Path, work: Path, rows: int = 10_000,
     from dupecheck.engines.weights import file_sha256
     from dupecheck.store import IndexedPhoto, ModelEntry
 
-    posted, never, seed = reedit_split(list(photos_dir.iterdir()), part)
-    folder = work / f"scale-export-{part}"
-    folder.mkdir()
-    for i, path in enumerate(posted):
-        (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
-    cases = reedit_cases(posted, never, seed)
-    paths = []
-    for n, (_, _, data) in enumerate(cases):
-        paths.append(work / f"scale-case-{n:03d}.jpg")
-        paths[-1].write_bytes(data)
+    _, folder, cases, paths = reedit_set(photos_dir, work, part, f"scale-{part}")
+    seed = reedit_split(list(photos_dir.iterdir()), part)[2]
     weights = tiny_engine.write_weights(work / "tiny-scale.npy")
     engine = load_engine(tiny_engine.TINY, weights)
     small = work / "scale-small"
