@@ -270,14 +270,13 @@ def _ratio_matches(query: np.ndarray, train: np.ndarray) -> np.ndarray:
     similarity = q @ t.T
     rows = np.arange(len(q))
     best = similarity.argmax(axis=1)
+    mutual = similarity.argmax(axis=0)[best] == rows
     s1 = similarity[rows, best]
-    similarity[rows, best] = -np.inf
+    similarity[rows, best] = -np.inf  # the second nearest: the best of the rest
     s2 = similarity.max(axis=1)
-    similarity[rows, best] = s1
     d1 = np.maximum(2.0 - 2.0 * s1, 0.0)  # squared L2 of unit vectors
     d2 = np.maximum(2.0 - 2.0 * s2, 0.0)
     passed = d1 < (RATIO * RATIO) * d2
-    mutual = similarity.argmax(axis=0)[best] == rows
     keep = np.flatnonzero(passed & mutual)
     return np.stack([keep, best[keep]], axis=1)
 
