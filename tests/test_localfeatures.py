@@ -4,7 +4,11 @@ and `re-framed` end to end on re-edits of real photos."""
 from __future__ import annotations
 
 import io
+import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ from dupecheck.indexer import build_index
 from dupecheck.search import REFRAMED, check_photos
 from dupecheck.store import open_index
 from helpers import (
+    REPO,
     instagramify,
     jpeg_bytes,
     reedit_cases,
@@ -192,6 +197,39 @@ def test_ratio_matches_agree_with_a_plain_reference():
     assert matched > 0 and one_sided > 0  # the cases have matches, and some not mutual
 
 
+def test_spread_is_numpys_percentile_span():
+    rng = np.random.default_rng(4)
+    for n in (2, 3, 14, 57, 300):
+        values = (rng.random(n) * 512).astype(np.float32)
+        expected = float(np.percentile(values, 95) - np.percentile(values, 5))
+        assert lf._spread(values) == pytest.approx(expected, abs=1e-4)
+    assert lf._spread(np.zeros(1, np.float32)) == 0.0
+
+
+def test_verifying_a_reframed_photo_never_imports_numpy_ma():
+    """np.percentile's (and np.unique's) first call imports numpy.ma, ~10 ms holding the
+    GIL in the middle of a check: a fresh interpreter verifies a re-framed pair without."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from PIL import Image
+        from dupecheck import localfeatures as lf
+        rng = np.random.default_rng(5)
+        img = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+                              "RGB").resize((640, 480), Image.Resampling.BICUBIC)
+        turned = img.rotate(3.0, Image.Resampling.BICUBIC).crop((192, 96, 588, 422))
+        v = lf.verify(lf.extract_candidate(turned), lf.extract(img))
+        assert v.reframed and v.inliers >= lf.MIN_INLIERS, v
+        print(sorted(m for m in sys.modules if m == "numpy.ma" or m.startswith("numpy.ma.")))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_pack_and_unpack_round_trip(real_photo):
     feats = [lf.extract(real_photo), lf.empty_features(), lf.extract(real_photo.crop((0, 0, 300,
                                                                                       200)))]
@@ -267,6 +305,33 @@ def test_a_large_index_stores_an_ivf_pq_shortlist_that_finds_the_same(monkeypatc
         query = lf.LocalFeatures(np.zeros((64, 2), np.float32), feats[row].descriptors[:64],
                                  (512, 512))
         assert shortlist.votes(query)[0] == row
+
+
+def test_a_stored_shortlist_opens_without_faiss_precomputed_table(monkeypatch, tmp_path):
+    """FAISS rebuilds IVF-PQ's precomputed table (16 MB at 1024 lists) on every read unless
+    told not to; the shortlist skips it, from bytes and from a memory-mapped file, and finds
+    what a table-built index finds."""
+    import faiss
+
+    rng = np.random.default_rng(2)
+    feats = [lf.LocalFeatures(np.zeros((lf.LOCAL_FEATURES, 2), np.float32),
+                              rng.integers(0, 60, (lf.LOCAL_FEATURES, 128)).astype(np.uint8),
+                              (512, 512)) for _ in range(60)]
+    desc, _points, meta = lf.pack(feats)
+    monkeypatch.setattr(lf, "FLAT_MAX_DESCRIPTORS", 1000)
+    stored = lf.build_shortlist(desc, meta)
+    path = tmp_path / "shortlist.faiss"
+    stored.tofile(path)
+    with_table = faiss.deserialize_index(stored)
+    assert with_table.use_precomputed_table == 1 and with_table.precomputed_table.size() > 0
+    with_table.nprobe = lf.SHORTLIST_PROBES
+    queries = lf.as_unit_vectors(desc[7, :64])
+    _, expected = with_table.search(queries, lf.SEARCH_NEIGHBOURS)
+    for source in (stored, path):
+        opened = lf.Shortlist.open(lambda: pytest.fail("descriptors read"), meta, source).index
+        assert opened.use_precomputed_table == 0 and opened.precomputed_table.size() == 0
+        _, found = opened.search(queries, lf.SEARCH_NEIGHBOURS)
+        assert (found == expected).mean() > 0.99
 
 
 # -- end to end on re-edits of real photos ------------------------------------------------

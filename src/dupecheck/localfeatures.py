@@ -281,6 +281,24 @@ def _ratio_matches(query: np.ndarray, train: np.ndarray) -> np.ndarray:
     return np.stack([keep, best[keep]], axis=1)
 
 
+def _spread(values: np.ndarray) -> float:
+    """The 5th-to-95th percentile span (np.percentile's linear rule), without importing
+    numpy.ma: np.percentile's first call does, ~10 ms holding the GIL in the middle of a
+    check that verifies a re-framed photo."""
+    ordered = np.sort(np.asarray(values, np.float64))
+    last = len(ordered) - 1
+    if last < 1:
+        return 0.0
+
+    def at(q: float) -> float:
+        position = q * last
+        below = int(math.floor(position))
+        above = min(below + 1, last)
+        return float(ordered[below] + (ordered[above] - ordered[below]) * (position - below))
+
+    return at(0.95) - at(0.05)
+
+
 def _distinct(points: np.ndarray) -> int:
     """Keypoints at the same place (SIFT's extra orientations) count once."""
     xy = np.round(points).astype(np.int64) + (1 << 20)  # a frame is <= 512 px: no overlap
@@ -335,8 +353,8 @@ def verify(candidate: LocalFeatures, archive: LocalFeatures) -> Verification:
     if fraction < MIN_INLIER_FRACTION:
         return verdict(False, f"only {fraction:.0%} of the matches agree")
     good = dst[inlier_mask]
-    spread_x = (np.percentile(good[:, 0], 95) - np.percentile(good[:, 0], 5)) / overlap_w
-    spread_y = (np.percentile(good[:, 1], 95) - np.percentile(good[:, 1], 5)) / overlap_h
+    spread_x = _spread(good[:, 0]) / overlap_w
+    spread_y = _spread(good[:, 1]) / overlap_h
     if inliers < STRONG_INLIERS and min(spread_x, spread_y) < MIN_SPREAD:
         return verdict(False, "the agreeing features cluster in one spot")
     return verdict(True)
@@ -398,7 +416,8 @@ def extend_shortlist(stored: np.ndarray, descriptors: np.ndarray, meta: np.ndarr
     """A stored shortlist with rows appended (ids from `first_row`), not trained again."""
     import faiss
 
-    index = faiss.deserialize_index(np.ascontiguousarray(stored, np.uint8))
+    index = faiss.deserialize_index(np.ascontiguousarray(stored, np.uint8),
+                                    faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
     vectors, rows = _valid_vectors(descriptors, meta, SHORTLIST_FEATURES)
     if len(vectors):
         index.add_with_ids(vectors, rows + first_row)
@@ -419,10 +438,16 @@ class Shortlist:
         import faiss
 
         if stored is not None:
+            # FAISS rebuilds IVF-PQ's table of centroid-to-code distances on every read
+            # (nlist x 16 x 256 floats: 16 MB and ~15-25 ms of CPU here): as much work as
+            # one check's 128 x 8 probed lists compute without it, at the same search time
+            # (ad-hoc, 10k index: open 14.5 -> 0.4 ms, search 18.4 -> 19.0 ms).
+            skip_table = faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE
             if isinstance(stored, np.ndarray):
-                index = faiss.deserialize_index(stored)
+                index = faiss.deserialize_index(stored, skip_table)
             else:
-                index = faiss.read_index(str(stored), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+                index = faiss.read_index(str(stored), faiss.IO_FLAG_MMAP
+                                         | faiss.IO_FLAG_READ_ONLY | skip_table)
             index.nprobe = SHORTLIST_PROBES
             return cls(index)
         vectors, rows = _valid_vectors(descriptors_loader(), meta)
