@@ -220,14 +220,26 @@ def quality(photos_dir: Path, work: Path,
     return rows
 
 
+@contextmanager
+def shortlist_probes(probes: int) -> Iterator[None]:
+    """The stored shortlist opened with `probes` inverted lists searched per descriptor."""
+    kept = lf.SHORTLIST_PROBES
+    lf.SHORTLIST_PROBES = probes
+    try:
+        yield
+    finally:
+        lf.SHORTLIST_PROBES = kept
+
+
 def quality_at_scale(photos_dir: Path, work: Path, rows: int = 10_000,
-                     part: str = "held-back") -> dict[str, object]:
+                     part: str = "held-back", probes: tuple[int, ...] = ()
+                     ) -> dict[str, object]:
     """Section 1 again with the part's 40 posted photos among `rows` archive photos, so
     that the shortlist is the stored FAISS IVF-PQ one a large index has (a 40-photo index
     searches every descriptor exactly): does it still put the right photo in front of
     RANSAC? The other rows are real photos' descriptors turned into other plausible SIFT
     descriptors at another photo's keypoints (`distractor`), random PDQ hashes and
-    embeddings."""
+    embeddings. With `probes`, the large index is also searched probing that many lists."""
     from dupecheck.engines.weights import file_sha256
     from dupecheck.store import IndexedPhoto, ModelEntry
 
@@ -264,9 +276,13 @@ def quality_at_scale(photos_dir: Path, work: Path, rows: int = 10_000,
     write_index(large, photos, pdq, {name: (entry, matrix)}, base.archives,
                 LocalArrays(desc, points, meta, shortlist))
     outcome = {}
-    for label, idx in ((f"{len(own)} photos (exact shortlist)", small),
-                       (f"{rows:,} photos (stored IVF-PQ shortlist)", large)):
-        results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine, 1.0, 1)
+    runs = [(f"{len(own)} photos (exact shortlist)", small, lf.SHORTLIST_PROBES),
+            (f"{rows:,} photos (stored IVF-PQ shortlist)", large, lf.SHORTLIST_PROBES)] + [
+        (f"{rows:,} photos (stored IVF-PQ shortlist, {n} lists probed)", large, n)
+        for n in probes if n != lf.SHORTLIST_PROBES]
+    for label, idx, n in runs:
+        with shortlist_probes(n):
+            results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine, 1.0, 1)
         outcome[label] = score(cases, results)
     table(f"1b. the {part} part among {rows:,} archive photos (embedding off; the shortlist "
           f"built in {build_s:.1f} s)", ["archive", "re-edits found at rank 1", "flagged",
@@ -469,6 +485,11 @@ def main() -> int:
                              "features kept per archive photo) also run in section 1")
     parser.add_argument("--parts", default="tuning,tuning-2,held-back",
                         help="comma list of the re-edit set's parts run in section 1")
+    parser.add_argument("--scale-part", default="held-back",
+                        help="the re-edit set's part run among 10,000 photos (section 1b)")
+    parser.add_argument("--probes", default="",
+                        help="comma list of inverted lists probed per descriptor also run "
+                             "in section 1b")
     parser.add_argument("--skip", default="",
                         help="comma list of: quality,scale,index,check,cpu")
     args = parser.parse_args()
@@ -483,7 +504,9 @@ def main() -> int:
                 for c in args.configs.split(",") if c), parts=tuple(
                 p for p in args.parts.split(",") if p))
         if "scale" not in skip:
-            doc["quality_at_scale"] = quality_at_scale(args.photos, work)
+            doc["quality_at_scale"] = quality_at_scale(
+                args.photos, work, part=args.scale_part,
+                probes=tuple(int(v) for v in args.probes.split(",") if v))
         if "index" not in skip:
             doc["index"] = index_cost(args.photos, work, args.repeat)
         if "check" not in skip:

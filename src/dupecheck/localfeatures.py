@@ -75,7 +75,12 @@ MIN_OVERLAP = 0.15  # the overlap covers at least this fraction of the smaller f
 SHORTLIST_VOTES = 8  # photos verified from the descriptor votes
 SHORTLIST_GLOBAL = 2  # plus the best rows by cosine and by PDQ
 SEARCH_NEIGHBOURS = 8  # descriptors looked up per candidate descriptor
-SHORTLIST_PROBES = 8  # inverted lists searched per descriptor (of up to 1024)
+# Inverted lists searched per descriptor (of up to 1024). On the two tuning parts among
+# 10,000 archive photos 8, 6, 4 and 2 lists found the same (194 and 199 of 200, none
+# flagged; benchmarks/2026-11-29-reframed-scale-tuning*.txt); a cold check's search of
+# a 10k index takes half the time at 4 (ad-hoc, first search in a fresh process: ~12
+# against ~28 ms wall, ~22 against ~56 ms of CPU on two threads). 4 keeps a margin.
+SHORTLIST_PROBES = 4
 # The stored (IVF-PQ) shortlist of a large index holds each photo's strongest 128
 # descriptors: less of the file to verify and to search; verification uses all it keeps.
 SHORTLIST_FEATURES = 128
@@ -375,7 +380,7 @@ def _valid_vectors(descriptors: np.ndarray, meta: np.ndarray, per_photo: int = L
 
 def ivf_lists(total: int) -> int:
     """Inverted lists for `total` descriptors: ~2 sqrt(n), at most 1024 (training stays
-    seconds; SHORTLIST_PROBES lists of a 1.28M-descriptor index hold ~10k codes)."""
+    seconds; SHORTLIST_PROBES lists of a 1.28M-descriptor index hold ~5k codes)."""
     return int(min(1024, max(64, 2 * math.sqrt(total))))
 
 
