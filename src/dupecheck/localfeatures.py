@@ -444,9 +444,10 @@ class Shortlist:
 
         if stored is not None:
             # FAISS rebuilds IVF-PQ's table of centroid-to-code distances on every read
-            # (nlist x 16 x 256 floats: 16 MB and ~15-25 ms of CPU here): as much work as
-            # one check's 128 x 8 probed lists compute without it, at the same search time
-            # (ad-hoc, 10k index: open 14.5 -> 0.4 ms, search 18.4 -> 19.0 ms).
+            # (nlist x 16 x 256 floats: 16 MB and ~15-25 ms of CPU here): more work than a
+            # check's 128 descriptors x SHORTLIST_PROBES lists compute without it, at the
+            # same search time (ad-hoc, 10k index, 8 lists probed: open 14.5 -> 0.4 ms,
+            # search 18.4 -> 19.0 ms).
             skip_table = faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE
             if isinstance(stored, np.ndarray):
                 index = faiss.deserialize_index(stored, skip_table)
