@@ -49,7 +49,6 @@ from bench import (  # noqa: E402
     workspace,
 )
 
-import tiny_engine  # noqa: E402  (weight-free evidence: the embedding is off in section 1)
 from dupecheck import localfeatures as lf  # noqa: E402
 from dupecheck import store  # noqa: E402
 from dupecheck.engines import MODELS, load_engine  # noqa: E402
@@ -182,6 +181,11 @@ def quality(photos_dir: Path, work: Path,
         return (f"with_local_{side}px" + ("" if n == library[0] else f"_{n}layers")
                 + ("" if count == library[1] else f"_{count}features"))
 
+    # Imported here, not at the top: scripts/bench_check.py runs check_cost with an older
+    # dupecheck, whose store the test engine may not fit. Weight-free evidence: the
+    # embedding is off in section 1.
+    import tiny_engine
+
     rows = []
     weights = tiny_engine.write_weights(work / "tiny.npy")
     engine = load_engine(tiny_engine.TINY, weights)
@@ -240,6 +244,7 @@ def quality_at_scale(photos_dir: Path, work: Path, rows: int = 10_000,
     RANSAC? The other rows are real photos' descriptors turned into other plausible SIFT
     descriptors at another photo's keypoints (`distractor`), random PDQ hashes and
     embeddings. With `probes`, the large index is also searched probing that many lists."""
+    import tiny_engine
     from dupecheck.engines.weights import file_sha256
     from dupecheck.store import IndexedPhoto, ModelEntry
 
