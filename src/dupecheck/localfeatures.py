@@ -291,17 +291,11 @@ def _spread(values: np.ndarray) -> float:
     numpy.ma: np.percentile's first call does, ~10 ms holding the GIL in the middle of a
     check that verifies a re-framed photo."""
     ordered = np.sort(np.asarray(values, np.float64))
-    last = len(ordered) - 1
-    if last < 1:
+    if len(ordered) < 2:
         return 0.0
-
-    def at(q: float) -> float:
-        position = q * last
-        below = int(math.floor(position))
-        above = min(below + 1, last)
-        return float(ordered[below] + (ordered[above] - ordered[below]) * (position - below))
-
-    return at(0.95) - at(0.05)
+    low, high = np.interp([0.05 * (len(ordered) - 1), 0.95 * (len(ordered) - 1)],
+                          np.arange(len(ordered)), ordered)
+    return float(high - low)
 
 
 def _distinct(points: np.ndarray) -> int:
