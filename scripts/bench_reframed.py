@@ -29,8 +29,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 
@@ -58,41 +59,28 @@ from dupecheck.search import check_photos  # noqa: E402
 from dupecheck.store import LocalArrays, open_index, write_index  # noqa: E402
 from helpers import instagramify, reedit_cases, reedit_split  # noqa: E402
 
-
-@contextmanager
-def archive_side(side: int) -> Iterator[None]:
-    """Archive features taken at `side` for the block (the library reads the constant at
-    call time for exactly this comparison)."""
-    kept = lf.ARCHIVE_FEATURE_SIDE
-    lf.ARCHIVE_FEATURE_SIDE = side
-    try:
-        yield
-    finally:
-        lf.ARCHIVE_FEATURE_SIDE = kept
+# The library reads these constants at call time for exactly these comparisons; each
+# context manager sets them for a block (unittest.mock restores them after).
 
 
-@contextmanager
-def sift_layers(layers: int) -> Iterator[None]:
-    """SIFT with `layers` per octave for the block (contrast threshold scaled as the library
-    scales it), for archive and checked photos alike."""
-    kept = lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST
-    lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST = layers, 0.04 * layers / 3
-    try:
-        yield
-    finally:
-        lf.SIFT_OCTAVE_LAYERS, lf.SIFT_CONTRAST = kept
+def archive_side(side: int) -> AbstractContextManager[object]:
+    """Archive features taken at `side`."""
+    return patch.object(lf, "ARCHIVE_FEATURE_SIDE", side)
+
+
+def sift_layers(layers: int) -> AbstractContextManager[object]:
+    """SIFT with `layers` per octave (contrast threshold scaled as the library scales it),
+    for archive and checked photos alike."""
+    return patch.multiple(lf, SIFT_OCTAVE_LAYERS=layers, SIFT_CONTRAST=0.04 * layers / 3)
 
 
 @contextmanager
 def archive_features(count: int) -> Iterator[None]:
-    """Archive photos keep their `count` strongest features for the block (the stored
-    width changes with it; checked photos keep CANDIDATE_FEATURES)."""
-    kept = lf.LOCAL_FEATURES
-    lf.LOCAL_FEATURES = store.LOCAL_FEATURES = count
-    try:
+    """Archive photos keep their `count` strongest features (the stored width changes with
+    it, so the store's copy too; checked photos keep CANDIDATE_FEATURES)."""
+    with patch.object(lf, "LOCAL_FEATURES", count), patch.object(store, "LOCAL_FEATURES",
+                                                                 count):
         yield
-    finally:
-        lf.LOCAL_FEATURES = store.LOCAL_FEATURES = kept
 
 
 def reedit_set(photos_dir: Path, work: Path, part: str, name: str
@@ -224,15 +212,9 @@ def quality(photos_dir: Path, work: Path,
     return rows
 
 
-@contextmanager
-def shortlist_probes(probes: int) -> Iterator[None]:
+def shortlist_probes(probes: int) -> AbstractContextManager[object]:
     """The stored shortlist opened with `probes` inverted lists searched per descriptor."""
-    kept = lf.SHORTLIST_PROBES
-    lf.SHORTLIST_PROBES = probes
-    try:
-        yield
-    finally:
-        lf.SHORTLIST_PROBES = kept
+    return patch.object(lf, "SHORTLIST_PROBES", probes)
 
 
 def quality_at_scale(photos_dir: Path, work: Path, rows: int = 10_000,
