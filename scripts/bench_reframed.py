@@ -57,7 +57,7 @@ from dupecheck.imaging import decode  # noqa: E402
 from dupecheck.indexer import build_index  # noqa: E402
 from dupecheck.search import check_photos  # noqa: E402
 from dupecheck.store import LocalArrays, open_index, write_index  # noqa: E402
-from helpers import instagramify, reedit_cases, reedit_split  # noqa: E402
+from helpers import form_cases, instagramify, reedit_cases, reedit_split  # noqa: E402
 
 # The library reads these constants at call time for exactly these comparisons; each
 # context manager sets them for a block (unittest.mock restores them after).
@@ -209,6 +209,73 @@ def quality(photos_dir: Path, work: Path,
            + [v for c in runs for v in (r[key(*c)]["found"], r[key(*c)]["flagged"])]
            + [r["never_posted"]] for r in rows])
     print(f"   per edit (held-back, archive {sides[0]} px):", rows[-1]["with_local"]["by_edit"])
+    return rows
+
+
+def forms_set(photos_dir: Path, work: Path, part: str) -> tuple[Path, list, list[Path]]:
+    """One part's posted photos as Instagram posts them (a folder to index) and every
+    form of each posted and never-posted photo as a file to check."""
+    posted, never, seed = reedit_split(list(photos_dir.iterdir()), part)
+    folder = work / f"forms-export-{part}"
+    if not folder.exists():
+        folder.mkdir()
+        for i, path in enumerate(posted):
+            (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
+    cases = form_cases(posted, never, seed)
+    paths = []
+    for n, (_, _, data) in enumerate(cases):
+        suffix = "png" if data.startswith(b"\x89PNG") else "jpg"
+        paths.append(work / f"forms-{part}-case-{n:03d}.{suffix}")
+        paths[-1].write_bytes(data)
+    return folder, cases, paths
+
+
+def forms_quality(photos_dir: Path, work: Path,
+                  parts: tuple[str, ...] = ("tuning", "tuning-2", "held-back")
+                  ) -> list[dict[str, object]]:
+    """Per part: each form of the posted photos found at rank 1 with the right archive
+    photo, and each form of the never-posted photos flagged (embedding off), with the
+    evidence that found them."""
+    import tiny_engine
+
+    weights = tiny_engine.write_weights(work / "tiny-forms.npy")
+    engine = load_engine(tiny_engine.TINY, weights)
+    rows = []
+    for part in parts:
+        folder, cases, paths = forms_set(photos_dir, work, part)
+        idx = work / f"forms-idx-{part}"
+        build_index([folder], idx, tiny_engine.TINY, weights)
+        start = time.perf_counter()
+        results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine, 1.0, 5)
+        seconds = time.perf_counter() - start
+        by_form: dict[str, dict[str, object]] = {}
+        for (own, name, _), res in zip(cases, results, strict=True):
+            entry = by_form.setdefault(name, {"found": 0, "posted": 0, "flagged": 0,
+                                              "never": 0, "evidence": {}, "missed": []})
+            if own is None:
+                entry["never"] += 1
+                entry["flagged"] += res.verdict != "new"
+                continue
+            entry["posted"] += 1
+            top = res.matches[0] if res.matches else None
+            hit = (res.verdict != "new" and top is not None and top.evidence is not None
+                   and top.photo.path.endswith(f"{own:03d}.jpg"))
+            entry["found"] += hit
+            if hit:
+                ev = top.evidence + (" mirrored" if top.transform and top.transform.mirrored
+                                     else "")
+                entry["evidence"][ev] = entry["evidence"].get(ev, 0) + 1
+            else:
+                entry["missed"].append({"case": own, "inliers": top.inliers if top else None,
+                                        "verdict": res.verdict})
+        rows.append({"part": part, "seconds": seconds, "checks": len(paths),
+                     "by_form": by_form})
+        table(f"1c. forms of the {part} part found at rank 1 (embedding off), never-posted "
+              f"photos flagged ({len(paths)} checks in {seconds:.0f} s)",
+              ["form", "found", "by", "flagged"],
+              [[name, f"{e['found']}/{e['posted']}",
+                ", ".join(f"{k} {v}" for k, v in sorted(e["evidence"].items())),
+                f"{e['flagged']}/{e['never']}"] for name, e in by_form.items()])
     return rows
 
 
@@ -479,13 +546,15 @@ def main() -> int:
                              "features kept per archive photo) also run in section 1")
     parser.add_argument("--parts", default="tuning,tuning-2,held-back",
                         help="comma list of the re-edit set's parts run in section 1")
+    parser.add_argument("--forms-parts", default="tuning,tuning-2,held-back",
+                        help="comma list of the parts whose forms section 1c checks")
     parser.add_argument("--scale-part", default="held-back",
                         help="the re-edit set's part run among 10,000 photos (section 1b)")
     parser.add_argument("--probes", default="",
                         help="comma list of inverted lists probed per descriptor also run "
                              "in section 1b")
     parser.add_argument("--skip", default="",
-                        help="comma list of: quality,scale,index,check,cpu")
+                        help="comma list of: quality,forms,scale,index,check,cpu")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work, doc = workspace("bench-reframed")
@@ -497,6 +566,9 @@ def main() -> int:
                 (int(c.split("/")[0]), int(c.split("/")[1]))
                 for c in args.configs.split(",") if c), parts=tuple(
                 p for p in args.parts.split(",") if p))
+        if "forms" not in skip:
+            doc["forms"] = forms_quality(args.photos, work, parts=tuple(
+                p for p in args.forms_parts.split(",") if p))
         if "scale" not in skip:
             doc["quality_at_scale"] = quality_at_scale(
                 args.photos, work, part=args.scale_part,

@@ -170,6 +170,28 @@ def reedit_cases(posted: list[Path], never: list[Path], seed: int, per_posted: i
     return cases
 
 
+def form_cases(posted: list[Path], never: list[Path], seed: int
+               ) -> list[tuple[int | None, str, bytes]]:
+    """(index of the posted photo or None, form, file bytes): every form of each posted
+    photo (dupecheck.reposts.FORMS) and of each never-posted one. A collage's other cells
+    are never-posted photos, so the only posted photo in it is its own."""
+    import random
+
+    from dupecheck.imaging import decode
+    from dupecheck.reposts import FORMS, repost
+
+    rng = random.Random(1000 + seed)
+    never_images = [decode(p.read_bytes(), p.name, draft=1024).image for p in never]
+    cases: list[tuple[int | None, str, bytes]] = []
+    for i, path in enumerate(posted + never):
+        original = decode(path.read_bytes(), path.name).image
+        own = i if i < len(posted) else None
+        others = [img for k, img in enumerate(never_images) if k != i - len(posted)]
+        for name in FORMS:
+            cases.append((own, name, repost(original, name, rng, others)))
+    return cases
+
+
 # -- a real server on loopback ------------------------------------------------------------
 
 

@@ -108,7 +108,11 @@ def test_compare_reports_inliers_and_transform(candidate, shared_photos, tmp_pat
     assert same.exit_code == 1, same.output
     doc = json.loads(same.stdout)
     assert doc["verdict"] == "re-framed" and doc["inliers"] >= lf.MIN_INLIERS
-    assert set(doc["transform"]) == {"box", "rotation_deg", "scale"}
+    assert set(doc["transform"]) == {"box", "box_in_photo", "rotation_deg", "scale",
+                                     "mirrored"}
+    assert doc["transform"]["mirrored"] is False
+    # A re-crop of the archive photo: all of it is archive pixels.
+    assert np.allclose(doc["transform"]["box_in_photo"], [0, 0, 1, 1], atol=0.06)
     differ = runner.invoke(app, ["compare", str(candidate), str(other), "--model", TINY.name,
                                  "--weights", str(weights), "-t", "1.0", "--json"])
     assert differ.exit_code == 0

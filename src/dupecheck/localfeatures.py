@@ -63,7 +63,10 @@ LOCAL_VERSION = 4  # bump when extraction changes: stored features are then reco
 
 RATIO = 0.8  # Lowe's ratio test
 RANSAC_PIXELS = 4.0  # reprojection error, in pixels of the 512-px frames
-MAX_ROTATION_DEG = 15.0  # straightening is a few degrees; more is another photo
+# Straightening is a few degrees, and a photo turned a quarter (90, 180 or 270 degrees in
+# its pixels, no EXIF to undo it) is the same photo turned: a turn within this of a
+# multiple of 90 degrees is plausible, anything between is another photo.
+MAX_ROTATION_DEG = 15.0
 MIN_SCALE, MAX_SCALE = 0.2, 5.0  # the candidate's 512 px against the archive photo's
 # The rule for `re-framed`; see README "How the thresholds were chosen" for the figures.
 MIN_INLIERS = 14  # distinct keypoint positions that agree on the transform
@@ -72,7 +75,22 @@ MIN_SPREAD = 0.15  # inliers span at least this fraction of the overlap's width 
 STRONG_INLIERS = 40  # this many need no spread: a subject in one spot is still the same pixels
 MIN_OVERLAP = 0.15  # the overlap covers at least this fraction of the smaller frame
 
+# A second look at the archive photo itself, where the stored features are too few: a
+# detail keeps 12-25% of an archive photo's area, so about as few of its 192 stored
+# keypoints, and agrees on fewer than MIN_INLIERS though the transform is right. The
+# export still holds the photo: its matched region (the box, with a margin) gets features
+# of its own, as dense as a checked photo's, and is verified again. It must agree with
+# the first look's transform, so that a chance partial match cannot pick its own region.
+SECOND_LOOK_INLIERS = 3  # a few agreeing keypoints: worth a second look
+SECOND_LOOKS = 2  # archive photos looked at again per checked photo, most inliers first
+REGION_MARGIN = 0.15  # of the box's width and height, on each side
+REGION_SIDE = 384
+REGION_FEATURES = 384
+SECOND_LOOK_TURN_DEG = 5.0  # the second transform's turn, against the first's
+SECOND_LOOK_SCALE = 1.25  # and its scale, at most this factor either way
+
 SHORTLIST_VOTES = 8  # photos verified from the descriptor votes
+CLOSER_LOOK_VOTES = 3  # of a closer look's votes
 SHORTLIST_GLOBAL = 2  # plus the best rows by cosine and by PDQ
 SEARCH_NEIGHBOURS = 8  # descriptors looked up per candidate descriptor
 # Inverted lists searched per descriptor (of up to 1024). On the two tuning parts among
@@ -100,16 +118,32 @@ class LocalFeatures:
 
 
 @dataclass
+class Look:
+    """One way a checked photo is searched for: its features as taken, as its mirror
+    image's (`mirrored`), or a closer look at part of it (points still in the whole
+    photo's frame, so that every transform means the same)."""
+
+    features: LocalFeatures
+    mirrored: bool = False
+    closer: bool = False  # a closer look (closer_looks): only its best few rows verified
+
+
+@dataclass
 class Transform:
     """Where the candidate sits in the archive photo."""
 
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the archive photo
     rotation_deg: float
     scale: float  # archive pixels per candidate pixel, both at LOCAL_MAX_SIDE
+    # where the archive photo's matched part sits in the candidate, as fractions of it
+    box_in_photo: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    mirrored: bool = False  # the candidate is the archive photo's mirror image
 
     def document(self) -> dict[str, object]:
         return {"box": [round(v, 4) for v in self.box],
-                "rotation_deg": round(self.rotation_deg, 2), "scale": round(self.scale, 4)}
+                "box_in_photo": [round(v, 4) for v in self.box_in_photo],
+                "rotation_deg": round(self.rotation_deg, 2), "scale": round(self.scale, 4),
+                "mirrored": self.mirrored}
 
 
 @dataclass
@@ -207,6 +241,64 @@ def extract_candidate(img: Image.Image) -> LocalFeatures:
     return extract(img, CANDIDATE_MAX_SIDE, CANDIDATE_FEATURES)
 
 
+# Closer looks at a checked photo, for what its full frame's 256 features miss: the photo
+# at a small scale (a detail seen at about the scale the archive's features were taken,
+# 288 px for the whole photo), and each cell of a 2 x 2 grid (a collage: a cell holds a
+# quarter of the full frame's features, too few for the shortlist to propose the photo).
+# Each verifies only its best CLOSER_LOOK_VOTES rows. On the forms' tuning parts: details
+# 28 -> 38 and 36 of 40 with the second look, collages 25 -> 40 and 40 (cells at 288 px x
+# 192 found the same as 192 px x 128, which costs less than half; scripts/bench_reframed.py).
+DETAIL_SIDE = 160
+DETAIL_FEATURES = 256
+CELLS = 2  # per side
+CELL_SIDE = 192
+CELL_FEATURES = 128
+SECOND_LOOK_SIDE = 1024  # a checked photo keeps a grey copy this large for the second look
+
+
+@dataclass
+class CloserLooks:
+    """A checked photo's closer looks, and its grey copy for a second look at a region."""
+
+    looks: list[Look]
+    grey: Image.Image
+
+
+def _frame_size(whole: tuple[int, int]) -> tuple[int, int]:
+    """The size of a photo of `whole` pixels in its LOCAL_MAX_SIDE frame."""
+    frame = min(1.0, LOCAL_MAX_SIDE / max(*whole, 1))
+    return max(1, round(whole[0] * frame)), max(1, round(whole[1] * frame))
+
+
+def _in_frame(features: LocalFeatures, box: tuple[int, int, int, int],
+              whole: tuple[int, int], size: tuple[int, int] | None = None) -> LocalFeatures:
+    """Features of a crop `box` of a photo of `whole` pixels, placed in the whole photo's
+    frame (`size`: its LOCAL_MAX_SIDE frame when None)."""
+    size = size or _frame_size(whole)
+    crop_frame = features.size[0] / max(box[2] - box[0], 1)
+    points = ((features.points / crop_frame + np.float32([box[0], box[1]]))
+              * np.float32(size[0] / whole[0]))
+    return LocalFeatures(points.astype(np.float32), features.descriptors, size)
+
+
+def closer_looks(img: Image.Image) -> CloserLooks:
+    """The detail look and the grid's cells (each placed in the whole photo's frame)."""
+    grey = reduce_for_features(img, SECOND_LOOK_SIDE)
+    looks = [Look(extract(grey, DETAIL_SIDE, DETAIL_FEATURES), closer=True)]
+    w, h = grey.size
+    for r in range(CELLS):
+        for c in range(CELLS):
+            box = (c * w // CELLS, r * h // CELLS, (c + 1) * w // CELLS, (r + 1) * h // CELLS)
+            cell = extract(grey.crop(box), CELL_SIDE, CELL_FEATURES)
+            looks.append(Look(_in_frame(cell, box, (w, h)), closer=True))
+    return CloserLooks(looks, grey)
+
+
+def closer_looks_beside(img: Image.Image) -> Future[CloserLooks]:
+    """closer_looks() in the extractor's pool, as extract_beside does."""
+    return _pool().submit(closer_looks, img)
+
+
 _extractor: ThreadPoolExecutor | None = None
 _extractor_lock = threading.Lock()
 
@@ -216,13 +308,34 @@ def extract_beside(img: Image.Image, candidate: bool = True) -> Future[LocalFeat
     so a checked photo's features are taken on another core while its PDQ hashes and model
     inputs are made (a cold check spends that time on one core otherwise). One worker per
     core, so that the service's concurrent checks still take features side by side."""
+    img.load()  # read by two threads at once: nothing may be left to load lazily
+    return _pool().submit(extract_candidate if candidate else extract, img)
+
+
+def _pool() -> ThreadPoolExecutor:
     global _extractor
     with _extractor_lock:
         if _extractor is None:
             _extractor = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
                                             thread_name_prefix="dupecheck-features")
-    img.load()  # read by two threads at once: nothing may be left to load lazily
-    return _extractor.submit(extract_candidate if candidate else extract, img)
+        return _extractor
+
+
+# A SIFT descriptor is 4 x 4 cells (rows along the keypoint's own y axis) of 8 orientation
+# bins. Flipping a photo left-right mirrors each patch along that axis and reflects every
+# gradient's angle: the rows of cells reversed, bin k becoming bin -k (mod 8). The mirror
+# image's descriptors are this permutation of the original's, exactly (tests compare it
+# with extraction from the flipped photo), so a mirror is matched without extracting again.
+MIRROR_PERMUTATION = (np.arange(DESCRIPTOR_DIM).reshape(4, 4, 8)[::-1][..., (-np.arange(8)) % 8]
+                      .reshape(-1))
+
+
+def mirror(features: LocalFeatures) -> LocalFeatures:
+    """The features of the photo flipped left-right (points and descriptors)."""
+    points = features.points.copy()
+    points[:, 0] = features.size[0] - points[:, 0]
+    return LocalFeatures(points, np.ascontiguousarray(features.descriptors[:, MIRROR_PERMUTATION]),
+                         features.size)
 
 
 def as_unit_vectors(descriptors: np.ndarray) -> np.ndarray:
@@ -304,8 +417,44 @@ def _distinct(points: np.ndarray) -> int:
     return len(_distinct_sorted((xy[:, 0] << 32) | xy[:, 1]))
 
 
-def verify(candidate: LocalFeatures, archive: LocalFeatures) -> Verification:
-    """Does the candidate show the archive photo's pixels, re-framed? Strict by design."""
+def region_features(img: Image.Image, box: tuple[float, float, float, float],
+                    size: tuple[int, int]) -> LocalFeatures:
+    """Dense features of an archive photo's region `box` (fractions of it, a margin added),
+    placed in the frame its stored features have (`size`: the index decodes archive photos
+    at a draft, so a frame may be smaller than LOCAL_MAX_SIDE): the second look."""
+    w, h = img.size
+    x0, y0, x1, y1 = box
+    mx, my = (x1 - x0) * REGION_MARGIN, (y1 - y0) * REGION_MARGIN
+    pixels = (max(0, int((x0 - mx) * w)), max(0, int((y0 - my) * h)),
+              min(w, math.ceil((x1 + mx) * w)), min(h, math.ceil((y1 + my) * h)))
+    if pixels[2] - pixels[0] < 16 or pixels[3] - pixels[1] < 16:
+        return LocalFeatures(np.zeros((0, 2), np.float32),
+                             np.zeros((0, DESCRIPTOR_DIM), np.uint8), size)
+    crop = extract(img.crop(pixels), REGION_SIDE, REGION_FEATURES)
+    return _in_frame(crop, pixels, (w, h), size)
+
+
+def agrees(first: Transform, second: Transform) -> bool:
+    """The second look found the transform the first one suggested."""
+    turn = abs((second.rotation_deg - first.rotation_deg + 180.0) % 360.0 - 180.0)
+    ratio = second.scale / max(first.scale, 1e-6)
+    return (turn <= SECOND_LOOK_TURN_DEG and 1 / SECOND_LOOK_SCALE <= ratio <= SECOND_LOOK_SCALE
+            and second.mirrored == first.mirrored)
+
+
+CLUSTERED = "the agreeing features cluster in one spot"
+
+
+def quarter_turn_offset(rotation: float) -> float:
+    """How far a turn is from the nearest multiple of 90 degrees."""
+    return rotation - 90.0 * round(rotation / 90.0)
+
+
+def verify(candidate: LocalFeatures, archive: LocalFeatures, mirrored: bool = False
+           ) -> Verification:
+    """Does the candidate show the archive photo's pixels, re-framed? Strict by design.
+    With `mirrored`, the candidate's features are those of its mirror image (mirror()):
+    the transform then says where the mirrored candidate sits."""
     import cv2
 
     pairs = _ratio_matches(candidate.descriptors, archive.descriptors)
@@ -329,15 +478,24 @@ def verify(candidate: LocalFeatures, archive: LocalFeatures) -> Verification:
     mapped = corners @ model[:, :2].T.astype(np.float32) + model[:, 2].astype(np.float32)
     x0, y0 = np.clip(mapped.min(axis=0), 0, [aw, ah])
     x1, y1 = np.clip(mapped.max(axis=0), 0, [aw, ah])
+    # And the other way: where the archive photo's matched part sits in the candidate.
+    inverse = cv2.invertAffineTransform(model)
+    back = (np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+            @ inverse[:, :2].T.astype(np.float32) + inverse[:, 2].astype(np.float32))
+    bx0, by0 = np.clip(back.min(axis=0), 0, [cw, ch]) / [cw, ch]
+    bx1, by1 = np.clip(back.max(axis=0), 0, [cw, ch]) / [cw, ch]
+    if mirrored:  # the mirror image's left is the checked photo's right
+        bx0, bx1 = 1.0 - bx1, 1.0 - bx0
     transform = Transform((float(x0 / aw), float(y0 / ah), float(x1 / aw), float(y1 / ah)),
-                          rotation, scale)
+                          rotation, scale, (float(bx0), float(by0), float(bx1), float(by1)),
+                          mirrored)
 
     def verdict(ok: bool, reason: str = "") -> Verification:
         return Verification(inliers, len(pairs), transform, ok, reason)
 
     if not MIN_SCALE <= scale <= MAX_SCALE:
         return verdict(False, f"implausible scale {scale:.2f}")
-    if abs(rotation) > MAX_ROTATION_DEG:
+    if abs(quarter_turn_offset(rotation)) > MAX_ROTATION_DEG:
         return verdict(False, f"implausible rotation {rotation:.1f} deg")
     overlap_w, overlap_h = x1 - x0, y1 - y0
     if overlap_w <= 0 or overlap_h <= 0:
@@ -355,7 +513,7 @@ def verify(candidate: LocalFeatures, archive: LocalFeatures) -> Verification:
     spread_x = _spread(good[:, 0]) / overlap_w
     spread_y = _spread(good[:, 1]) / overlap_h
     if inliers < STRONG_INLIERS and min(spread_x, spread_y) < MIN_SPREAD:
-        return verdict(False, "the agreeing features cluster in one spot")
+        return verdict(False, CLUSTERED)
     return verdict(True)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from . import cosines
 from .defaults import DEFAULT_TOP_K
@@ -22,12 +23,23 @@ from .errors import DupecheckError, ImageError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
 from .imaging import FULL_FRAME, MAX_PHOTO_BYTES, crop_variants, decode, model_views
 from .localfeatures import (
+    CLOSER_LOOK_VOTES,
+    CLUSTERED,
+    MIN_INLIERS,
+    SECOND_LOOK_INLIERS,
+    SECOND_LOOKS,
     SHORTLIST_GLOBAL,
     SHORTLIST_VOTES,
+    CloserLooks,
     LocalFeatures,
+    Look,
     Transform,
     Verification,
+    agrees,
+    closer_looks_beside,
     extract_beside,
+    mirror,
+    region_features,
     verify,
 )
 from .store import Index, IndexedPhoto
@@ -54,10 +66,18 @@ class Candidate:
     pixels: np.ndarray  # (D, 3, H, W): each distinct model input once (imaging.model_views)
     features: LocalFeatures | None = None  # of the full frame; None: not taken
     views: list[int] | None = None  # per variant, its row of `pixels`; None: one row each
+    closer: CloserLooks | None = None  # of the full frame; None: not taken
 
     def per_variant(self, vectors: np.ndarray) -> np.ndarray:
         """The embeddings of `pixels`, one row per variant."""
         return vectors if self.views is None else vectors[self.views]
+
+    def looks(self) -> list[Look]:
+        """Every way its local features are searched: as taken and as its mirror image."""
+        if self.features is None:
+            return []
+        closer = self.closer.looks if self.closer is not None else []
+        return [Look(self.features), Look(mirror(self.features), mirrored=True), *closer]
 
 
 @dataclass
@@ -135,9 +155,11 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
     or with `as_archive` as an archive photo's (`compare`'s B)."""
     name, data = read_source(source)
     photo = decode(data, name, draft=spec.draft_size)
-    features = None
+    features = closer = None
     if local:  # on the other core, while the hashes and the model's inputs are made
         features = extract_beside(photo.image, candidate=not as_archive)
+        if not as_archive:
+            closer = closer_looks_beside(photo.image)
     variants = crop_variants(photo.image)
     views = model_views(variants)
     distinct = sorted(set(views))
@@ -149,6 +171,7 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
         pixels=np.stack([spec.to_input(variants[i][1]) for i in distinct]),
         features=None if features is None else features.result(),
         views=[distinct.index(v) for v in views],
+        closer=None if closer is None else closer.result(),
     )
 
 
@@ -168,6 +191,7 @@ class Searcher:
         if entry is not None:
             cosines.prepare_in_background(len(index), entry.dim)
         self._embeddings: np.ndarray | None = None
+        self._reader: Callable[[IndexedPhoto], bytes | None] | None = None  # _archive_photo
         # The 256 bits as four contiguous 64-bit columns, read a block at a time.
         self.pdq_columns = np.ascontiguousarray(
             np.ascontiguousarray(index.pdq).view(np.uint64).T)  # (4, N)
@@ -184,20 +208,81 @@ class Searcher:
         """Whether this index can give `re-framed` evidence."""
         return self.index.local is not None
 
-    def reframed(self, features: LocalFeatures, extra_rows: list[int],
+    def reframed(self, cand: Candidate, extra_rows: list[int],
                  exclude: set[int]) -> dict[int, Verification]:
-        """Verify the shortlisted rows: by descriptor votes, plus `extra_rows` (the best by
-        cosine and PDQ, so that real weights help too)."""
+        """Verify the rows each look shortlists by its descriptor votes (one FAISS search
+        for all looks), plus `extra_rows` for the first (the best by cosine and PDQ, so
+        that real weights help too); per row the best verification: re-framed first,
+        then the most inliers."""
         local = self.index.local
-        if local is None or len(features) == 0:
+        looks = [look for look in cand.looks() if len(look.features)]
+        if local is None or not looks:
             return {}
-        rows = local.shortlist().votes(features, SHORTLIST_VOTES)
+        voted = local.shortlist().votes_many([look.features for look in looks],
+                                             SHORTLIST_VOTES)
+        voted = [rows if not look.closer else rows[:CLOSER_LOOK_VOTES]
+                 for look, rows in zip(looks, voted, strict=True)]
+        voted[0] = list(dict.fromkeys(voted[0] + extra_rows))
         found: dict[int, Verification] = {}
-        for row in dict.fromkeys(rows + extra_rows):
-            if row in exclude or row in found:
-                continue
-            found[row] = verify(features, local.features(row))
+        by_look: dict[int, Look] = {}
+        for look, rows in zip(looks, voted, strict=True):
+            for row in rows:
+                if row in exclude:
+                    continue
+                check = verify(look.features, local.features(row), mirrored=look.mirrored)
+                best = found.get(row)
+                if best is None or (check.reframed, check.inliers) > (best.reframed,
+                                                                      best.inliers):
+                    found[row], by_look[row] = check, look
+        self._second_look(cand, found, by_look)
         return found
+
+    def _second_look(self, cand: Candidate, found: dict[int, Verification],
+                     by_look: dict[int, Look]) -> None:
+        """Look again at the archive photos that agree in a few keypoints, not enough or
+        not spread enough (a detail's region holds few of the stored ones; a story's
+        photo few of its checked features): with dense features of the matched region of
+        both, the archive photo read from the export (or the added photo's copy)."""
+        if any(v.reframed for v in found.values()):
+            return
+        partial = sorted((r for r, v in found.items() if v.transform is not None
+                          and v.inliers >= SECOND_LOOK_INLIERS
+                          and v.reason in (f"{v.inliers} inliers, fewer than {MIN_INLIERS}",
+                                           CLUSTERED)),
+                         key=lambda r: -found[r].inliers)[:SECOND_LOOKS]
+        for row in partial:
+            img = self._archive_photo(row)
+            first = found[row].transform
+            if img is None or first is None:
+                continue
+            look = by_look[row]
+            stored = self.index.local.features(row)  # type: ignore[union-attr]
+            features = look.features
+            if cand.closer is not None and cand.features is not None:
+                features = region_features(cand.closer.grey, first.box_in_photo,
+                                           cand.features.size)
+                features = mirror(features) if look.mirrored else features
+            check = verify(features, region_features(img, first.box, stored.size),
+                           mirrored=look.mirrored)
+            if check.reframed and check.transform and agrees(first, check.transform):
+                found[row] = check
+
+    def _archive_photo(self, row: int) -> Image.Image | None:
+        """An archive photo, decoded upright, as the index recorded it; None where the
+        export (or the added photo's copy) cannot give the same bytes now."""
+        from .added import photo_reader
+
+        photo = self.index.photos[row]
+        if self._reader is None:
+            self._reader_context = photo_reader(self.index)
+            self._reader = self._reader_context.__enter__()
+        data = self._reader(photo)
+        if data is None or sha256_bytes(data) != photo.sha256:
+            return None
+        try:
+            return decode(data, photo.path).image
+        except DupecheckError:
+            return None
 
     def _best_pdq(self, hashes: np.ndarray) -> np.ndarray:
         """Per row, the PDQ distance to the nearest of the variants' hashes: XOR and
@@ -249,7 +334,7 @@ class Searcher:
             top_pdq = np.argpartition(best_pdq, g - 1)[:g] if g < n else np.arange(n)
             extra = [int(r) for r in np.concatenate([top_cos, top_pdq])
                      if best_pdq[r] > PDQ_MATCH_DISTANCE]
-            verified = self.reframed(cand.features, extra,
+            verified = self.reframed(cand, extra,
                                      exclude=exact_set | set(near.tolist()) | set(skip_rows))
         reframed = {r for r, v in verified.items() if v.reframed}
         pool = (exact_set | set(near.tolist()) | reframed | set(by_cosine.tolist())) - skip_rows
