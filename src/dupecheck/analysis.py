@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .evidence import PDQ_MATCH_DISTANCE
-from .localfeatures import verify
+from .localfeatures import mirror, verify_either
 from .search import EXACT, NEAR_IDENTICAL, REFRAMED, SIMILAR, STRENGTH
 from .store import Index, IndexedPhoto
 
@@ -132,14 +132,17 @@ def _reframed_edges(index: Index, model: str, known: list[tuple[int, int, int, f
     for first in range(0, n, chunk):
         rows = range(first, min(first + chunk, n))
         features = [local.features(i) for i in rows]
-        for i, own, voted in zip(rows, features, shortlist.votes_many(features, 4, rows),
-                                 strict=True):
-            for j in voted:
+        # Each photo as it is and as its mirror image: a mirrored re-post is the same photo.
+        looks = features + [mirror(f) for f in features]
+        voted = shortlist.votes_many(looks, 4, list(rows) * 2)
+        for i, own, as_is, mirrored in zip(rows, features, voted[:len(rows)],
+                                           voted[len(rows):], strict=True):
+            for j in dict.fromkeys(as_is + mirrored):
                 pair = (min(i, j), max(i, j))
                 if pair in joined:
                     continue
                 joined.add(pair)
-                if verify(own, local.features(j)).reframed:
+                if verify_either(own, local.features(j)).reframed:
                     cos = float(np.dot(matrix[pair[0]], matrix[pair[1]]))
                     found.append((pair[0], pair[1], STRENGTH[REFRAMED], cos))
         if progress:

@@ -21,9 +21,10 @@ from PIL import Image, ImageEnhance, ImageFilter
 from .archive import Archive
 from .engines import Engine, ModelSpec, embed_images
 from .errors import ArchiveError, DupecheckError, IndexUnusable
-from .evidence import pdq_hash, sha256_bytes
+from .evidence import pdq_dihedral, pdq_hash, sha256_bytes
 from .imaging import centre_crop_to_aspect, crop_variants, decode
-from .localfeatures import extract_candidate
+from .localfeatures import closer_looks, extract_candidate
+from .reposts import FORMS
 from .search import Candidate, Searcher
 from .store import Index
 
@@ -147,6 +148,14 @@ REEDITS: dict[str, Edit] = {
     "black and white": _black_and_white,
 }
 
+# Forms a posted photo comes back in that only local features or PDQ's turned hashes can
+# find (dupecheck.reposts): `calibrate` says which evidence caught them, but keeps them out
+# of the embedding's positives, which measure re-edits. A collage's other cells are plain
+# colours here: the archive's own photos there would be their own matches.
+FORM_EDITS: dict[str, Edit] = {
+    name: (lambda img, rng, form=FORMS[name]: form(img, rng, []))
+    for name in ("mirror", "quarter turn", "detail", "collage")}
+
 
 def reedit(img: Image.Image, name: str, rng: random.Random) -> bytes:
     """One re-edit as the person exports it: the edit, a resize to 1080-2048 px, a JPEG."""
@@ -216,10 +225,13 @@ def precision_recall(positives: np.ndarray, negatives: np.ndarray,
 def _caught_by(searcher: Searcher, copy: Image.Image, variants: list[tuple[str, Image.Image]],
                vectors: np.ndarray, source_sha256: str, threshold: float) -> str:
     """The evidence `check` gives the copy's own source, or "missed"."""
-    hashes = np.stack([pdq_hash(img) for _, img in variants])
+    full = pdq_dihedral(copy)
+    hashes = np.stack([full[0]] + [pdq_hash(img) for _, img in variants[1:]])
     candidate = Candidate("edited copy", sha256_bytes(copy.tobytes()), [v for v, _ in variants],
                           hashes, np.zeros((len(variants), 0), np.float32),
-                          extract_candidate(copy) if searcher.local else None)
+                          extract_candidate(copy) if searcher.local else None,
+                          closer=closer_looks(copy) if searcher.local else None,
+                          pdq_turned=full[1:])
     result = searcher.search(candidate, vectors, threshold, top_k=5)
     for match in result.matches:
         if match.photo.sha256 == source_sha256 and match.evidence:
@@ -270,6 +282,15 @@ def calibrate(index: Index, spec: ModelSpec, engine: Engine, *, sample: int = DE
                 evidence = _caught_by(searcher, copy, variants, vectors, photo.sha256,
                                       result.threshold)
                 tally = result.caught[name]
+                tally[evidence] = tally.get(evidence, 0) + 1
+            for name, edit in FORM_EDITS.items():  # which evidence finds them, no more
+                copy = _repost(source, edit, rng)
+                variants = crop_variants(copy)
+                vectors = embed_images(engine, np.stack([spec.to_input(v) for _, v in variants]),
+                                       batch_size=spec.batch_size)
+                evidence = _caught_by(searcher, copy, variants, vectors, photo.sha256,
+                                      result.threshold)
+                tally = result.caught.setdefault(name, {})
                 tally[evidence] = tally.get(evidence, 0) + 1
             if progress:
                 progress(done, len(rows))

@@ -117,6 +117,9 @@ class LocalFeatures:
         return len(self.points)
 
 
+PART_OF_PHOTO = 0.9  # box_in_photo's area below which the report says where it sits
+
+
 @dataclass
 class Look:
     """One way a checked photo is searched for: its features as taken, as its mirror
@@ -138,6 +141,12 @@ class Transform:
     # where the archive photo's matched part sits in the candidate, as fractions of it
     box_in_photo: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     mirrored: bool = False  # the candidate is the archive photo's mirror image
+
+    def fills_part(self) -> bool:
+        """Whether the archive photo fills only a part of the candidate (a story, a
+        collage's cell), worth saying where."""
+        x0, y0, x1, y1 = self.box_in_photo
+        return (x1 - x0) * (y1 - y0) < PART_OF_PHOTO
 
     def document(self) -> dict[str, object]:
         return {"box": [round(v, 4) for v in self.box],
@@ -515,6 +524,16 @@ def verify(candidate: LocalFeatures, archive: LocalFeatures, mirrored: bool = Fa
     if inliers < STRONG_INLIERS and min(spread_x, spread_y) < MIN_SPREAD:
         return verdict(False, CLUSTERED)
     return verdict(True)
+
+
+def verify_either(candidate: LocalFeatures, archive: LocalFeatures) -> Verification:
+    """verify() as the candidate is, then as its mirror image if that is not re-framed:
+    the better of the two (re-framed first, then the most inliers)."""
+    direct = verify(candidate, archive)
+    if direct.reframed:
+        return direct
+    flipped = verify(mirror(candidate), archive, mirrored=True)
+    return max(direct, flipped, key=lambda v: (v.reframed, v.inliers))
 
 
 # -- the shortlist: which archive photos are worth verifying -----------------------------------

@@ -129,11 +129,23 @@ def describe_transform(m: Match) -> str:
     """Where the checked photo sits in the archive photo, in words."""
     if m.transform is None:
         return f"{m.inliers} inliers"
-    x0, y0, x1, y1 = m.transform.box
-    turn = f", turned {m.transform.rotation_deg:+.1f} deg" \
-        if abs(m.transform.rotation_deg) >= 0.5 else ""
+    t = m.transform
+    x0, y0, x1, y1 = t.box
+    turn = f", turned {t.rotation_deg:+.1f} deg" if abs(t.rotation_deg) >= 0.5 else ""
+    mirrored = ", mirrored" if t.mirrored else ""
+    bx0, by0, bx1, by1 = t.box_in_photo
+    part = ("" if not t.fills_part() else
+            f"; it fills {bx1 - bx0:.0%} x {by1 - by0:.0%} of this photo, at "
+            f"{_where((bx0 + bx1) / 2, (by0 + by1) / 2)}")
     return (f"{m.inliers} inliers; this photo is {x1 - x0:.0%} x {y1 - y0:.0%} of the posted "
-            f"one{turn}")
+            f"one{turn}{mirrored}{part}")
+
+
+def _where(x: float, y: float) -> str:
+    """A point of a photo (fractions) in words: "top left", "centre", "bottom"."""
+    row = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else ""
+    column = "left" if x < 1 / 3 else "right" if x > 2 / 3 else ""
+    return f"{row} {column}".strip() or "the centre"
 
 
 # -- index ---------------------------------------------------------------------------

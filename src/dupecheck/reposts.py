@@ -188,8 +188,12 @@ def collage(img: Image.Image, rng: random.Random, others: list[Image.Image]) -> 
     gutter = rng.choice((0, 8, 16))
     cell = (SQUARE - gutter) // 2
     canvas = Image.new("RGB", (SQUARE, SQUARE), (255, 255, 255))
-    fillers = rng.sample(others, 3) if len(others) >= 3 else (others * 3)[:3]
-    cells = fillers[:]
+    if len(others) >= 3:
+        cells = rng.sample(others, 3)
+    else:  # plain colours where no other photos are given
+        cells = (others + [Image.new("RGB", (cell, cell), tuple(rng.randint(0, 255)
+                                                                for _ in range(3)))
+                           for _ in range(3)])[:3]
     cells.insert(rng.randrange(4), img)
     for k, photo in enumerate(cells):
         canvas.paste(_fill(photo.convert("RGB"), (cell, cell)), ((k % 2) * (cell + gutter),

@@ -9,7 +9,9 @@ frame and as each crop that Instagram could have posted; the best variant counts
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,14 @@ from . import cosines
 from .defaults import DEFAULT_TOP_K
 from .engines import Engine, ModelSpec, embed_images
 from .errors import DupecheckError, ImageError, UsageError
-from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
+from .evidence import (
+    DIHEDRAL,
+    PDQ_MATCH_DISTANCE,
+    pdq_dihedral,
+    pdq_distances,
+    pdq_hash,
+    sha256_bytes,
+)
 from .imaging import FULL_FRAME, MAX_PHOTO_BYTES, crop_variants, decode, model_views
 from .localfeatures import (
     CLOSER_LOOK_VOTES,
@@ -41,6 +50,7 @@ from .localfeatures import (
     mirror,
     region_features,
     verify,
+    verify_either,
 )
 from .store import Index, IndexedPhoto
 
@@ -67,10 +77,21 @@ class Candidate:
     features: LocalFeatures | None = None  # of the full frame; None: not taken
     views: list[int] | None = None  # per variant, its row of `pixels`; None: one row each
     closer: CloserLooks | None = None  # of the full frame; None: not taken
+    # (7, 32): the full frame turned and mirrored (evidence.DIHEDRAL); None: not taken.
+    # Only the full frame: each query costs a pass over the archive's hashes.
+    pdq_turned: np.ndarray | None = None
 
     def per_variant(self, vectors: np.ndarray) -> np.ndarray:
         """The embeddings of `pixels`, one row per variant."""
         return vectors if self.views is None else vectors[self.views]
+
+    def pdq_queries(self) -> tuple[np.ndarray, list[str]]:
+        """Every hash compared with the archive's, and the variant each names."""
+        names = list(self.variants)
+        if self.pdq_turned is None:
+            return self.pdq, names
+        return (np.concatenate([self.pdq, self.pdq_turned]),
+                names + [f"{self.variants[0]}, {t}" for t in DIHEDRAL])
 
     def looks(self) -> list[Look]:
         """Every way its local features are searched: as taken and as its mirror image."""
@@ -163,11 +184,13 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
     variants = crop_variants(photo.image)
     views = model_views(variants)
     distinct = sorted(set(views))
+    full = pdq_dihedral(variants[0][1])  # (8, 32)
     return Candidate(
         path=name,
         sha256=sha256_bytes(data),
         variants=[name for name, _ in variants],
-        pdq=np.stack([pdq_hash(img) for _, img in variants]),
+        pdq=np.stack([full[0]] + [pdq_hash(img) for _, img in variants[1:]]),
+        pdq_turned=full[1:],
         pixels=np.stack([spec.to_input(variants[i][1]) for i in distinct]),
         features=None if features is None else features.result(),
         views=[distinct.index(v) for v in views],
@@ -191,10 +214,21 @@ class Searcher:
         if entry is not None:
             cosines.prepare_in_background(len(index), entry.dim)
         self._embeddings: np.ndarray | None = None
-        self._reader: Callable[[IndexedPhoto], bytes | None] | None = None  # _archive_photo
+        # _archive_photo's reader of the export, opened on the first second look
+        self._reader: Callable[[IndexedPhoto], bytes | None] | None = None
+        self._reader_context: AbstractContextManager[Callable[[IndexedPhoto], bytes | None]] \
+            | None = None
+        self._reader_lock = threading.Lock()
         # The 256 bits as four contiguous 64-bit columns, read a block at a time.
         self.pdq_columns = np.ascontiguousarray(
             np.ascontiguousarray(index.pdq).view(np.uint64).T)  # (4, N)
+
+    def close(self) -> None:
+        """Close the export, if a second look opened it."""
+        with self._reader_lock:
+            if self._reader_context is not None:
+                self._reader_context.__exit__(None, None, None)
+            self._reader = self._reader_context = None
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -273,9 +307,10 @@ class Searcher:
         from .added import photo_reader
 
         photo = self.index.photos[row]
-        if self._reader is None:
-            self._reader_context = photo_reader(self.index)
-            self._reader = self._reader_context.__enter__()
+        with self._reader_lock:  # the service's checks share one searcher
+            if self._reader is None:
+                self._reader_context = photo_reader(self.index)
+                self._reader = self._reader_context.__enter__()
         data = self._reader(photo)
         if data is None or sha256_bytes(data) != photo.sha256:
             return None
@@ -315,7 +350,8 @@ class Searcher:
         n = len(self.index)
         if n == 0:
             return CheckResult(cand.path, NEW)
-        best_pdq = self._best_pdq(cand.pdq)
+        pdq_queries, pdq_names = cand.pdq_queries()
+        best_pdq = self._best_pdq(pdq_queries)
         best_cos = self._best_cosines(vectors)
         exact = [r for r in self.index.rows_with_sha256(cand.sha256) if r not in skip_rows]
         if skip_rows:
@@ -364,8 +400,8 @@ class Searcher:
             if evidence in (EXACT, REFRAMED):
                 variant = FULL_FRAME
             elif evidence == NEAR_IDENTICAL:
-                variant = cand.variants[int(np.argmin(pdq_distances(cand.pdq,
-                                                                    self.index.pdq[row])))]
+                variant = pdq_names[int(np.argmin(pdq_distances(pdq_queries,
+                                                                self.index.pdq[row])))]
             else:
                 row_scores = np.asarray(self.embeddings[row]) @ np.asarray(vectors, np.float32).T
                 variant = cand.variants[int(row_scores.argmax())]
@@ -407,6 +443,18 @@ def check_photos(paths: list[Source], index: Index, spec: ModelSpec,
     if index.local is not None:
         index.local.prefetch()
     searcher = Searcher(index, spec.name)
+    try:
+        return _check_chunks(paths, index, spec, engine, threshold, top_k, not_matches,
+                             progress, searcher)
+    finally:
+        searcher.close()
+
+
+def _check_chunks(paths: list[Source], index: Index, spec: ModelSpec,
+                  engine: Engine | Callable[[], Engine], threshold: float, top_k: int,
+                  not_matches: dict[str, set[str]] | None,
+                  progress: Callable[[int, int], None] | None,
+                  searcher: Searcher) -> list[CheckResult]:
     results: list[CheckResult] = []
     for start in range(0, len(paths), CHECK_CHUNK):
         loaded: list[Candidate | CheckResult] = []
@@ -492,7 +540,7 @@ def compare_photos(a: Path, b: Path, models: list[tuple[ModelSpec, Engine, float
     same = ca.sha256 == cb.sha256
     fa, fb = features
     assert fa is not None and fb is not None
-    check = verify(fa, fb)
+    check = verify_either(fa, fb)
     if same:
         verdict = EXACT
     elif distance <= PDQ_MATCH_DISTANCE:

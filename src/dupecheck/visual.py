@@ -42,6 +42,9 @@ def _thumbnails(index: Index, results: list[CheckResult]
             try:
                 cand = _thumbnail(decode(Path(result.photo).read_bytes(), result.photo,
                                          draft=THUMB * 2).image)
+                for m in result.matches:  # where each re-framed archive photo sits in it
+                    if m.transform is not None and m.transform.fills_part():
+                        cand = _draw_box(cand, m.transform.box_in_photo)
             except (OSError, DupecheckError):
                 cand = _placeholder("cannot read")
             tiles = []
@@ -116,6 +119,7 @@ def write_html(path: Path, index: Index, model: str, threshold: float,
                 f"<figcaption>#{m.rank} <b>{e(m.evidence or 'no match')}</b>"
                 f"{f' ({e(m.variant)})' if m.evidence and not m.transform else ''}"
                 f"{f' ({m.inliers} inliers; box: where the photo sits)' if m.transform else ''}"
+                f"{' (mirrored)' if m.transform and m.transform.mirrored else ''}"
                 f"<br>"
                 f"score {m.score:.3f}, PDQ {m.pdq_distance}<br>"
                 f"{e(kind)} {e((m.photo.taken_at or '')[:10])}<br>"

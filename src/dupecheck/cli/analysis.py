@@ -150,8 +150,12 @@ def calibrate(
 
 def _box(transform: dict) -> str:
     x0, y0, x1, y1 = transform["box"]
+    bx0, by0, bx1, by1 = transform["box_in_photo"]
     return (f"the part {x0:.2f}-{x1:.2f} x {y0:.2f}-{y1:.2f}, turned "
-            f"{transform['rotation_deg']:+.1f} deg, scale {transform['scale']:.2f}")
+            f"{transform['rotation_deg']:+.1f} deg"
+            f"{', mirrored' if transform['mirrored'] else ''}, scale "
+            f"{transform['scale']:.2f}; B is the part {bx0:.2f}-{bx1:.2f} x {by0:.2f}-{by1:.2f} "
+            f"of A")
 
 
 @app.command()
