@@ -82,7 +82,7 @@ MIN_OVERLAP = 0.15  # the overlap covers at least this fraction of the smaller f
 # of its own, as dense as a checked photo's, and is verified again. It must agree with
 # the first look's transform, so that a chance partial match cannot pick its own region.
 SECOND_LOOK_INLIERS = 3  # a few agreeing keypoints: worth a second look
-SECOND_LOOKS = 2  # archive photos looked at again per checked photo, most inliers first
+SECOND_LOOKS = 1  # archive photos looked at again per checked photo, most inliers first
 REGION_MARGIN = 0.15  # of the box's width and height, on each side
 REGION_SIDE = 384
 REGION_FEATURES = 384
