@@ -83,19 +83,21 @@ def archive_features(count: int) -> Iterator[None]:
         yield
 
 
-def reedit_set(photos_dir: Path, work: Path, part: str, name: str
+def reedit_set(photos_dir: Path, work: Path, part: str, name: str, make=reedit_cases
                ) -> tuple[list[Path], Path, list, list[Path]]:
     """One part of the re-edit set on disk: its posted photos as Instagram posts them (a
-    folder to index) and every case as a file to check."""
+    folder to index) and every case `make` makes of them (the re-edits; with
+    helpers.form_cases, every form) as a file to check."""
     posted, never, seed = reedit_split(list(photos_dir.iterdir()), part)
     folder = work / f"export-{name}"
     folder.mkdir()
     for i, path in enumerate(posted):
         (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
-    cases = reedit_cases(posted, never, seed)
+    cases = make(posted, never, seed)
     paths = []
     for n, (_, _, data) in enumerate(cases):
-        paths.append(work / f"{name}-case-{n:03d}.jpg")
+        suffix = "png" if data.startswith(b"\x89PNG") else "jpg"
+        paths.append(work / f"{name}-case-{n:03d}.{suffix}")
         paths[-1].write_bytes(data)
     return posted, folder, cases, paths
 
@@ -212,24 +214,6 @@ def quality(photos_dir: Path, work: Path,
     return rows
 
 
-def forms_set(photos_dir: Path, work: Path, part: str) -> tuple[Path, list, list[Path]]:
-    """One part's posted photos as Instagram posts them (a folder to index) and every
-    form of each posted and never-posted photo as a file to check."""
-    posted, never, seed = reedit_split(list(photos_dir.iterdir()), part)
-    folder = work / f"forms-export-{part}"
-    if not folder.exists():
-        folder.mkdir()
-        for i, path in enumerate(posted):
-            (folder / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
-    cases = form_cases(posted, never, seed)
-    paths = []
-    for n, (_, _, data) in enumerate(cases):
-        suffix = "png" if data.startswith(b"\x89PNG") else "jpg"
-        paths.append(work / f"forms-{part}-case-{n:03d}.{suffix}")
-        paths[-1].write_bytes(data)
-    return folder, cases, paths
-
-
 def forms_quality(photos_dir: Path, work: Path,
                   parts: tuple[str, ...] = ("tuning", "tuning-2", "held-back")
                   ) -> list[dict[str, object]]:
@@ -242,11 +226,13 @@ def forms_quality(photos_dir: Path, work: Path,
     engine = load_engine(tiny_engine.TINY, weights)
     rows = []
     for part in parts:
-        folder, cases, paths = forms_set(photos_dir, work, part)
+        _, folder, cases, paths = reedit_set(photos_dir, work, part, f"forms-{part}",
+                                             form_cases)
         idx = work / f"forms-idx-{part}"
         build_index([folder], idx, tiny_engine.TINY, weights)
         start = time.perf_counter()
-        results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine, 1.0, 5)
+        with second_looks_timed() as looks:
+            results = check_photos(paths, open_index(idx), tiny_engine.TINY, engine, 1.0, 5)
         seconds = time.perf_counter() - start
         by_form: dict[str, dict[str, object]] = {}
         for (own, name, _), res in zip(cases, results, strict=True):
@@ -269,14 +255,44 @@ def forms_quality(photos_dir: Path, work: Path,
                 entry["missed"].append({"case": own, "inliers": top.inliers if top else None,
                                         "verdict": res.verdict})
         rows.append({"part": part, "seconds": seconds, "checks": len(paths),
-                     "by_form": by_form})
+                     "by_form": by_form, "second_looks_ms": looks})
         table(f"1c. forms of the {part} part found at rank 1 (embedding off), never-posted "
               f"photos flagged ({len(paths)} checks in {seconds:.0f} s)",
               ["form", "found", "by", "flagged"],
               [[name, f"{e['found']}/{e['posted']}",
                 ", ".join(f"{k} {v}" for k, v in sorted(e["evidence"].items())),
                 f"{e['flagged']}/{e['never']}"] for name, e in by_form.items()])
+        if looks:
+            print(f"   second looks (the archive photo read, decoded, its region's and the "
+                  f"checked photo's features taken, verified): {len(looks)} of "
+                  f"{len(paths)} checks, median {statistics.median(looks):.0f} ms, "
+                  f"max {max(looks):.0f} ms")
     return rows
+
+
+@contextmanager
+def second_looks_timed() -> Iterator[list[float]]:
+    """The wall time of each second look that ran (Searcher._second_look when it read an
+    archive photo), in ms."""
+    from dupecheck import search
+
+    times: list[float] = []
+    second_look = search.Searcher._second_look
+    archive_photo = search.Searcher._archive_photo
+    read: list[int] = []
+
+    def counting(self, row):  # type: ignore[no-untyped-def]
+        read.append(row)
+        return archive_photo(self, row)
+
+    def timed(self, *args):  # type: ignore[no-untyped-def]
+        before, start = len(read), time.perf_counter()
+        second_look(self, *args)
+        if len(read) > before:
+            times.append(1000 * (time.perf_counter() - start))
+
+    with patch.multiple(search.Searcher, _second_look=timed, _archive_photo=counting):
+        yield times
 
 
 def shortlist_probes(probes: int) -> AbstractContextManager[object]:

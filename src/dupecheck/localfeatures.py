@@ -8,6 +8,11 @@ with RANSAC. Many inliers that agree on one plausible transform, spread over the
 overlap, prove the same pixels. The rule is strict on purpose: a false `re-framed` is
 worse than a miss, and PDQ and the embedding still catch the easier re-posts.
 
+A checked photo comes back in other forms too (dupecheck.reposts): turned a quarter (a
+turn near 90, 180 or 270 degrees is as plausible as near 0), mirrored (its descriptors
+permuted, `mirror`), a detail or a collage's cell (`closer_looks`; and a second look at the
+archive photo's matched region, `region_features`, where the stored features are too few).
+
 OpenCV and FAISS are imported on first use: `check` pays for them only when it runs.
 """
 

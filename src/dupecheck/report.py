@@ -28,7 +28,7 @@ VERDICT_STYLE = {EXACT: "bold red", NEAR_IDENTICAL: "bold red", REFRAMED: "bold 
 VERDICT_TEXT = {
     EXACT: "already posted: the very same file",
     NEAR_IDENTICAL: "already posted: the same photo, re-encoded or edited",
-    REFRAMED: "already posted: the same photo, cropped or straightened differently",
+    REFRAMED: "already posted: the same photo, cropped, turned, mirrored or inside this one",
     SIMILAR: "probably posted: a very similar photo",
     NEW: "not posted yet",
 }
@@ -133,12 +133,13 @@ def describe_transform(m: Match) -> str:
     x0, y0, x1, y1 = t.box
     turn = f", turned {t.rotation_deg:+.1f} deg" if abs(t.rotation_deg) >= 0.5 else ""
     mirrored = ", mirrored" if t.mirrored else ""
-    bx0, by0, bx1, by1 = t.box_in_photo
-    part = ("" if not t.fills_part() else
-            f"; it fills {bx1 - bx0:.0%} x {by1 - by0:.0%} of this photo, at "
-            f"{_where((bx0 + bx1) / 2, (by0 + by1) / 2)}")
+    if t.fills_part():  # a story, a screenshot, a collage's cell: where it sits in this one
+        bx0, by0, bx1, by1 = t.box_in_photo
+        return (f"{m.inliers} inliers; the posted photo fills {bx1 - bx0:.0%} x "
+                f"{by1 - by0:.0%} of this photo, at {_where((bx0 + bx1) / 2, (by0 + by1) / 2)}"
+                f"{turn}{mirrored}")
     return (f"{m.inliers} inliers; this photo is {x1 - x0:.0%} x {y1 - y0:.0%} of the posted "
-            f"one{turn}{mirrored}{part}")
+            f"one{turn}{mirrored}")
 
 
 def _where(x: float, y: float) -> str:

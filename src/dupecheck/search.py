@@ -36,6 +36,7 @@ from .localfeatures import (
     CLUSTERED,
     MIN_INLIERS,
     SECOND_LOOK_INLIERS,
+    SECOND_LOOK_SIDE,
     SECOND_LOOKS,
     SHORTLIST_GLOBAL,
     SHORTLIST_VOTES,
@@ -315,7 +316,8 @@ class Searcher:
         if data is None or sha256_bytes(data) != photo.sha256:
             return None
         try:
-            return decode(data, photo.path).image
+            # At a draft: an added photo's copy may be a camera original.
+            return decode(data, photo.path, draft=SECOND_LOOK_SIDE).image
         except DupecheckError:
             return None
 
