@@ -134,6 +134,13 @@ class Look:
     features: LocalFeatures
     mirrored: bool = False
     closer: bool = False  # a closer look (closer_looks): only its best few rows verified
+    queries: int = 128  # its strongest descriptors that vote (SHORTLIST_FEATURES at most)
+
+
+def first_looks(features: LocalFeatures) -> list[Look]:
+    """The checked photo's features as taken, and as its mirror image's."""
+    return [Look(features, queries=SHORTLIST_FEATURES),
+            Look(mirror(features), mirrored=True, queries=MIRROR_QUERIES)]
 
 
 @dataclass
@@ -268,6 +275,11 @@ CELLS = 2  # per side
 CELL_SIDE = 192
 CELL_FEATURES = 128
 SECOND_LOOK_SIDE = 1024  # a checked photo keeps a grey copy this large for the second look
+# Every descriptor that votes is one more search of the shortlist: a small index's exact
+# shortlist costs a check ~0.2 ms per query per 1,000 archive photos here, so the looks
+# after the first vote with fewer of their strongest descriptors.
+MIRROR_QUERIES = 32
+CLOSER_LOOK_QUERIES = 16
 
 
 @dataclass
@@ -298,13 +310,15 @@ def _in_frame(features: LocalFeatures, box: tuple[int, int, int, int],
 def closer_looks(img: Image.Image) -> CloserLooks:
     """The detail look and the grid's cells (each placed in the whole photo's frame)."""
     grey = reduce_for_features(img, SECOND_LOOK_SIDE)
-    looks = [Look(extract(grey, DETAIL_SIDE, DETAIL_FEATURES), closer=True)]
+    looks = [Look(extract(grey, DETAIL_SIDE, DETAIL_FEATURES), closer=True,
+                  queries=CLOSER_LOOK_QUERIES)]
     w, h = grey.size
     for r in range(CELLS):
         for c in range(CELLS):
             box = (c * w // CELLS, r * h // CELLS, (c + 1) * w // CELLS, (r + 1) * h // CELLS)
             cell = extract(grey.crop(box), CELL_SIDE, CELL_FEATURES)
-            looks.append(Look(_in_frame(cell, box, (w, h)), closer=True))
+            looks.append(Look(_in_frame(cell, box, (w, h)), closer=True,
+                              queries=CLOSER_LOOK_QUERIES))
     return CloserLooks(looks, grey)
 
 
@@ -645,13 +659,18 @@ class Shortlist:
         return self.votes_many([features], limit, [exclude])[0]
 
     def votes_many(self, many: Sequence[LocalFeatures], limit: int = SHORTLIST_VOTES,
-                   excludes: Sequence[int | None] | None = None) -> list[list[int]]:
+                   excludes: Sequence[int | None] | None = None,
+                   queries_each: Sequence[int] | None = None) -> list[list[int]]:
         """`votes` for several photos in one FAISS search (its threads share the work);
-        each photo's answer is the same as alone."""
+        each photo's answer is the same as alone. `queries_each`: how many of each one's
+        strongest descriptors vote (SHORTLIST_FEATURES at most, the default)."""
         excludes = list(excludes) if excludes is not None else [None] * len(many)
+        counts = [min(n, SHORTLIST_FEATURES) for n in queries_each] if queries_each \
+            else [SHORTLIST_FEATURES] * len(many)
         ntotal = int(self.index.ntotal)  # type: ignore[attr-defined]
-        queries = [as_unit_vectors(f.descriptors[:SHORTLIST_FEATURES]) if ntotal and len(f)
-                   else np.zeros((0, DESCRIPTOR_DIM), np.float32) for f in many]
+        queries = [as_unit_vectors(f.descriptors[:n]) if ntotal and len(f)
+                   else np.zeros((0, DESCRIPTOR_DIM), np.float32)
+                   for f, n in zip(many, counts, strict=True)]
         if not sum(len(q) for q in queries):
             return [[] for _ in many]
         k = min(SEARCH_NEIGHBOURS, ntotal)

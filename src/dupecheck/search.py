@@ -48,6 +48,7 @@ from .localfeatures import (
     agrees,
     closer_looks_beside,
     extract_beside,
+    first_looks,
     mirror,
     region_features,
     verify,
@@ -99,7 +100,7 @@ class Candidate:
         if self.features is None:
             return []
         closer = self.closer.looks if self.closer is not None else []
-        return [Look(self.features), Look(mirror(self.features), mirrored=True), *closer]
+        return [*first_looks(self.features), *closer]
 
 
 @dataclass
@@ -254,7 +255,8 @@ class Searcher:
         if local is None or not looks:
             return {}
         voted = local.shortlist().votes_many([look.features for look in looks],
-                                             SHORTLIST_VOTES)
+                                             SHORTLIST_VOTES,
+                                             queries_each=[look.queries for look in looks])
         voted = [rows if not look.closer else rows[:CLOSER_LOOK_VOTES]
                  for look, rows in zip(looks, voted, strict=True)]
         voted[0] = list(dict.fromkeys(voted[0] + extra_rows))
