@@ -134,7 +134,7 @@ class Look:
     features: LocalFeatures
     mirrored: bool = False
     closer: bool = False  # a closer look (closer_looks): only its best few rows verified
-    queries: int = 128  # its strongest descriptors that vote (SHORTLIST_FEATURES at most)
+    queries: int = SHORTLIST_FEATURES  # its strongest descriptors that vote (at most that)
 
 
 def first_looks(features: LocalFeatures) -> list[Look]:
