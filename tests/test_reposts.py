@@ -368,3 +368,24 @@ def test_the_held_back_forms_reach_the_issues_targets(shared_photos, tmp_path):
     assert not flagged
     for form, hits in found.items():
         assert hits / 40 >= (0.90 if form in ("detail", "collage") else 0.95), (form, hits)
+
+
+def test_a_second_look_never_uses_an_export_photo_that_changed(module_photos, tmp_path):
+    """The second look reads the archive photo the index recorded, by its path, and uses
+    it only when its bytes are the recorded ones (their SHA-256): the same photo
+    re-encoded in its place is not used, though it would match."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    posted = instagramify((module_photos / POSTED[3]).read_bytes())
+    (folder / "0.jpg").write_bytes(posted)
+    weights = tiny_engine.write_weights(tmp_path / "t.npy")
+    build_index([folder], tmp_path / "idx", TINY, weights)
+    img = load((module_photos / POSTED[3]).read_bytes())
+    w, h = img.size
+    detail = jpeg_bytes(img.crop((int(w * .5), int(h * .4), int(w * .88), int(h * .78))),
+                        quality=88)
+    [found] = check(tmp_path / "idx", weights, [("detail.jpg", detail)], tmp_path)
+    assert found.verdict == REFRAMED
+    (folder / "0.jpg").write_bytes(jpeg_bytes(load(posted), quality=90))  # other bytes
+    [result] = check(tmp_path / "idx", weights, [("detail.jpg", detail)], tmp_path)
+    assert result.verdict == "new"
