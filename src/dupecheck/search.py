@@ -96,7 +96,8 @@ class Candidate:
                 names + [f"{self.variants[0]}, {t}" for t in DIHEDRAL])
 
     def looks(self) -> list[Look]:
-        """Every way its local features are searched: as taken and as its mirror image."""
+        """Every way its local features are searched: as taken, as its mirror image, and
+        its closer looks (a small scale, a grid's cells)."""
         if self.features is None:
             return []
         closer = self.closer.looks if self.closer is not None else []
