@@ -47,7 +47,7 @@ def eight_megapixel_jpeg(photos: Path, dest: Path) -> Path:
 
 
 def index_as_written_by(src: Path, work: Path, photos: Path, weights: Path,
-                        env: dict[str, str], new: bool = False) -> Path:
+                        env: dict[str, str], new: bool = False, rows: int = 10_000) -> Path:
     """work/check-local, the 10,000-photo index with local features, written by the
     dupecheck in `src` (imported first, so that the scripts' path inserts cannot shadow it)."""
     work.mkdir(exist_ok=True)
@@ -55,7 +55,7 @@ def index_as_written_by(src: Path, work: Path, photos: Path, weights: Path,
         os.link(weights, work / weights.name)
     code = ("import dupecheck, sys; from pathlib import Path; "
             "from bench_reframed import check_cost; "
-            f"check_cost(Path({str(photos)!r}), Path({str(work)!r}), runs=1"
+            f"check_cost(Path({str(photos)!r}), Path({str(work)!r}), runs=1, rows={rows}"
             + (f", leave_out=({HEIC!r},))" if new else ")"))
     path = os.pathsep.join([str(src), str(REPO / "scripts"), str(REPO / "tests")])
     subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": path},
@@ -86,8 +86,12 @@ def main() -> int:
     parser.add_argument("--new", action="store_true",
                         help="the index leaves the checked photo out: checking it is the "
                              "worst case, a photo that is new (every look runs)")
+    parser.add_argument("--rows", type=int, default=10_000,
+                        help="photos in the index (below ~680 its shortlist is exact: FAISS "
+                             "flat, built when a check opens it)")
     args = parser.parse_args()
     work, doc = workspace("bench-check")
+    doc["rows"] = args.rows
     doc["baseline"] = args.baseline
     doc["new"] = args.new
     try:
@@ -107,7 +111,7 @@ def main() -> int:
         for n, src in enumerate(sources.values()):
             envs[src]["DUPECHECK_INDEX"] = str(index_as_written_by(
                 src, work / f"index-{n}", args.photos, work / "resnet50-random.pth", envs[src],
-                args.new))
+                args.new, args.rows))
         for src in sources.values():  # warm: exports, optimized graphs, page cache
             for photo in photos.values():
                 timed(src, photo, envs[src])
@@ -125,7 +129,7 @@ def main() -> int:
             rows.append({"photo": pname, "baseline_s": base, "now_s": now,
                          "ratio": now / base, "peak_rss_mb": peaks[(pname, "this revision")]})
         doc["check"] = rows
-        table(f"cold `check`, fresh process, 10,000-photo index with local features "
+        table(f"cold `check`, fresh process, {args.rows:,}-photo index with local features "
               f"{'not holding the photo (new: every look runs) ' if args.new else ''}"
               f"(median of {args.runs}, interleaved)",
               ["photo", f"baseline {args.baseline} s", "this revision s", "ratio",
