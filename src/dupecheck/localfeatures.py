@@ -646,7 +646,11 @@ class Shortlist:
                                          | faiss.IO_FLAG_READ_ONLY | skip_table)
             index.nprobe = SHORTLIST_PROBES
             return cls(index)
-        vectors, rows = _valid_vectors(descriptors_loader(), meta)
+        # Each photo's strongest SHORTLIST_FEATURES, as the stored one holds: every
+        # descriptor that votes searches them all (the looks vote with 240 a check), and
+        # on the tuning parts 128 of 192 found the same re-edits and forms, none flagged
+        # (benchmarks/2026-12-04-reframed-flat128.txt); verification still uses all 192.
+        vectors, rows = _valid_vectors(descriptors_loader(), meta, SHORTLIST_FEATURES)
         index = faiss.IndexIDMap(faiss.IndexFlatL2(DESCRIPTOR_DIM))
         if len(vectors):
             index.add_with_ids(vectors, rows)
