@@ -75,6 +75,28 @@ def test_health_needs_no_token_and_everything_else_does(served):
     assert info["photos"] == 3 and TINY.name in info["models"]
 
 
+def test_the_page_runs_only_its_own_script_and_every_answer_says_nosniff(served):
+    """The page's CSP allows its one inline script by hash (no 'unsafe-inline': an injected
+    script would not run), no framing; every answer, the 401s too, carries nosniff and
+    no-referrer. (tests/test_page.py runs the page in Chromium under this policy.)"""
+    import base64
+    import hashlib
+    import re
+
+    client, token, *_ = served
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    script_src = re.search(r"script-src ([^;]*)", csp).group(1)
+    [script] = re.findall(r"<script>(.*?)</script>", page.text, flags=re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert script_src == f"'sha256-{digest}'"
+    assert "unsafe-inline" not in script_src and "frame-ancestors 'none'" in csp
+    for r in (page, client.get("/api/health"), client.get("/api/info"),
+              client.get("/api/info", headers=auth(token)), client.get("/nowhere")):
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["referrer-policy"] == "no-referrer", r.url
+
+
 def test_check_answers_exactly_what_check_json_says(served):
     client, token, state, export, tmp_path = served
     photo = export / "media/posts/1/2.jpg"
