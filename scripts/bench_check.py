@@ -87,7 +87,7 @@ def main() -> int:
                         help="the index leaves the checked photo out: checking it is the "
                              "worst case, a photo that is new (every look runs)")
     parser.add_argument("--rows", type=int, default=10_000,
-                        help="photos in the index (below ~680 its shortlist is exact: FAISS "
+                        help="photos in the index (below ~1,000 its shortlist is exact: FAISS "
                              "flat, built when a check opens it)")
     args = parser.parse_args()
     work, doc = workspace("bench-check")
