@@ -274,6 +274,17 @@ def test_openapi_and_the_page(served):
 # -- tokens and the commands -------------------------------------------------------------
 
 
+def test_a_config_folder_made_before_is_made_the_users_alone(tmp_path):
+    """0700 also when the folder existed (made by hand, 0755): group and others lose
+    their access when a token is written into it."""
+    config = tmp_path / "config"
+    config.mkdir(mode=0o755)
+    os.chmod(config, 0o755)
+    assert runner.invoke(cli_app, ["token", "create", "phone", "--config",
+                                   str(config)]).exit_code == 0
+    assert stat.S_IMODE(config.stat().st_mode) == 0o700
+
+
 def test_tokens_are_shown_once_and_stored_hashed_0600(tmp_path):
     config = tmp_path / "config"
     r = runner.invoke(cli_app, ["token", "create", "phone", "--config", str(config)])

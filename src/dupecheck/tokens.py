@@ -83,6 +83,7 @@ class TokenStore:
 
     def _save(self, tokens: dict[str, dict[str, str | None]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._private_folder()
         tmp = self.path.with_name(f".{TOKENS_FILE}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -92,6 +93,15 @@ class TokenStore:
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
         self._cache = None
+
+    def _private_folder(self) -> None:
+        """The folder that holds the token file is the user's alone (0700), also when it
+        existed before dupecheck (a config folder made by hand or by another tool); one
+        the user does not own is left as it is."""
+        folder = self.dir.stat()
+        mode = folder.st_mode & 0o777
+        if folder.st_uid == os.getuid() and mode & 0o077:
+            os.chmod(self.dir, mode & 0o700)
 
     # -- what the commands do -----------------------------------------------------------
 
