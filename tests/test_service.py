@@ -75,6 +75,16 @@ def test_health_needs_no_token_and_everything_else_does(served):
     assert info["photos"] == 3 and TINY.name in info["models"]
 
 
+def test_an_unexpected_failure_is_a_json_500_without_paths(served):
+    """A missing CURRENT (the index folder emptied under a running server): JSON, and no
+    path for a caller without a token."""
+    client, _token, state, _export, tmp_path = served
+    (state.index_dir / "CURRENT").unlink()
+    r = TestClient(client.app, raise_server_exceptions=False).get("/api/health")
+    assert r.status_code == 500 and set(r.json()) == {"error"}
+    assert str(tmp_path) not in r.text and "CURRENT" not in r.text
+
+
 def test_the_page_runs_only_its_own_script_and_every_answer_says_nosniff(served):
     """The page's CSP allows its one inline script by hash (no 'unsafe-inline': an injected
     script would not run), no framing; every answer, the 401s too, carries nosniff and
@@ -245,6 +255,13 @@ def test_pairing_is_single_use(served):
     assert client.post("/api/pair", json={"code": state.pairing.code}).status_code == 401
     state.pairing = Pairing(code="x" * 22, expires=0.0)  # expired
     assert client.post("/api/pair", json={"code": "x" * 22}).status_code == 401
+    # Hostile bodies: deep nesting and non-JSON are 400s, a large body 413, never a 500.
+    deep = "[" * 100_000 + "]" * 100_000
+    r = client.post("/api/pair", content=deep[:1000] + deep[-1000:])
+    assert r.status_code == 413 and set(r.json()) == {"error"}
+    r = client.post("/api/pair", content="[" * 400 + "]" * 400)
+    assert r.status_code in (400, 401), r.text  # parsed or refused, never a 500
+    assert client.post("/api/pair", content=b"\xff not json").status_code == 400
 
 
 def test_add_through_the_api_then_check_finds_it(served):

@@ -12,6 +12,8 @@ disk. Errors are JSON: {"error": "..."}.
 from __future__ import annotations
 
 import io
+import json
+import logging
 import secrets
 import threading
 import time
@@ -58,6 +60,9 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 # page of ours named to another site in a Referer.
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"no-referrer")]
+
+
+MAX_PAIR_BYTES = 1024  # a pairing request is {"code": "..."}: nothing larger is parsed
 
 
 class SecurityHeaders:
@@ -252,6 +257,13 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
             parts.append(f"{where}: {e.get('msg')}")
         return _error(422, "; ".join(parts) or "invalid request")
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged for the owner; the caller, who may have no token, learns no path.
+        logging.getLogger("dupecheck.serve").error("%s %s failed", request.method,
+                                                   request.url.path, exc_info=exc)
+        return _error(500, "the server could not answer; its log says why")
+
     @app.exception_handler(DupecheckError)
     async def _dupecheck_error(request: Request, exc: DupecheckError) -> JSONResponse:
         return _error(503 if exc.exit_code == 3 else 400, str(exc))
@@ -352,10 +364,16 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
         client = _client(request)
         if state.limited(client):
             raise ApiError(429, "too many failed attempts; wait a minute")
+        body = b""
+        async for chunk in request.stream():  # read no further than a pairing needs
+            body += chunk
+            if len(body) > MAX_PAIR_BYTES:
+                raise ApiError(413, f"a pairing request is at most {MAX_PAIR_BYTES} bytes")
         try:
-            code = str((await request.json()).get("code", ""))
-        except (ValueError, AttributeError):
-            code = ""
+            doc = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # deep nesting is a client's error
+            raise ApiError(400, 'the body must be JSON: {"code": "..."}') from exc
+        code = str(doc.get("code", "")) if isinstance(doc, dict) else ""
         pairing = state.pairing
         ok = (pairing is not None and not pairing.used and time.monotonic() < pairing.expires
               and secrets.compare_digest(code.encode(), pairing.code.encode()))
