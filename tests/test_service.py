@@ -85,6 +85,24 @@ def test_an_unexpected_failure_is_a_json_500_without_paths(served):
     assert str(tmp_path) not in r.text and "CURRENT" not in r.text
 
 
+def test_a_damaged_token_file_or_index_shows_no_path_without_a_token(served):
+    client, token, state, _export, tmp_path = served
+    (tmp_path / "config" / "tokens.json").write_text("{damaged")
+    r = client.get("/api/info", headers=auth("dc_guess"))  # the token file is read
+    assert r.status_code in (400, 503) and str(tmp_path) not in r.text, r.text
+    assert "tokens.json" not in r.text
+    (tmp_path / "config" / "tokens.json").unlink()
+    state.tokens = type(state.tokens)(tmp_path / "config")
+    token = state.tokens.create("phone")
+    (state.index_dir / "CURRENT").write_text("gen-forged\n")
+    for headers in ({}, auth("dc_wrong")):
+        r = client.get("/api/health", headers=headers)
+        assert r.status_code == 503 and str(tmp_path) not in r.text, r.text
+    # The owner, with a valid token, is told what is wrong.
+    r = client.get("/api/info", headers=auth(token))
+    assert r.status_code == 503 and str(state.index_dir) in r.text, r.text
+
+
 def test_the_page_runs_only_its_own_script_and_every_answer_says_nosniff(served):
     """The page's CSP allows its one inline script by hash (no 'unsafe-inline': an injected
     script would not run), no framing; every answer, the 401s too, carries nosniff and

@@ -264,9 +264,23 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
                                                    request.url.path, exc_info=exc)
         return _error(500, "the server could not answer; its log says why")
 
+    def _authenticated(request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        try:
+            return state.tokens.verify(token.strip()) is not None
+        except DupecheckError:
+            return False
+
     @app.exception_handler(DupecheckError)
     async def _dupecheck_error(request: Request, exc: DupecheckError) -> JSONResponse:
-        return _error(503 if exc.exit_code == 3 else 400, str(exc))
+        status = 503 if exc.exit_code == 3 else 400
+        if not _authenticated(request):  # the owner reads the why in the log, not a stranger
+            logging.getLogger("dupecheck.serve").error("%s %s: %s", request.method,
+                                                       request.url.path, exc)
+            return _error(status, "the server cannot answer now; its log says why")
+        return _error(status, str(exc))
 
     def authorise(request: Request) -> str:
         client = _client(request)
