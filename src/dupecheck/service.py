@@ -235,7 +235,9 @@ def page_csp(html: str) -> str:
 
 def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) -> Any:
     """The FastAPI application, wrapped in the streaming body limit and SECURITY_HEADERS."""
-    app = FastAPI(title="dupecheck", version="1.0",
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, on the
+    # origin whose storage holds the phone's token. The schema stays at /openapi.json.
+    app = FastAPI(title="dupecheck", version="1.0", docs_url=None, redoc_url=None,
                   description="Is this photo already on my Instagram? Private service: "
                               "every endpoint but /api/health needs `Authorization: Bearer "
                               "TOKEN` (`dupecheck token create NAME`).")

@@ -120,6 +120,6 @@ def serve(
         segno.make(link, error="m").terminal(compact=True)
         err.print(f"scan to pair a phone (works once, for ten minutes): {escape(link)}")
     err.print(f"dupecheck serving {len(index)} photos at {escape(base)}/ "
-              f"(API docs at {escape(base)}/docs)")
+              f"(API schema at {escape(base)}/openapi.json)")
     uvicorn.run(create_app(state, max_upload_mb * 1024 * 1024), host=host, port=port,
                 log_level="warning")
