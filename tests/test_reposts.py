@@ -267,6 +267,19 @@ def test_a_mirror_image_says_mirrored_in_json_and_in_words(photos, posted_index,
     assert result.verdict == "near-identical" and "mirrored" in result.matches[0].variant
 
 
+def test_a_mirrored_re_crop_is_found_by_the_mirror_look(photos, posted_index, tmp_path):
+    """Mirrored and re-cropped, so that PDQ cannot see it: the mirror look alone must
+    propose and verify it (with 32 voting descriptors it was missed)."""
+    index_dir, weights = posted_index
+    flipped = ImageOps.mirror(photos[POSTED[1]])
+    w, h = flipped.size
+    crop = flipped.crop((int(w * .1), int(h * .1), int(w * .8), int(h * .9)))
+    [result] = check(index_dir, weights, [("flipped-crop.jpg", jpeg_bytes(crop))], tmp_path)
+    top = result.matches[0]
+    assert result.verdict == REFRAMED and top.photo.path == "1.jpg", top
+    assert top.transform.mirrored
+
+
 def test_a_collage_reports_where_each_posted_photo_sits(photos, posted_index, tmp_path):
     """Two posted photos in one 2x2 collage: both found, each with its cell."""
     index_dir, weights = posted_index

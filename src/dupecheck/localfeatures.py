@@ -275,10 +275,11 @@ CELLS = 2  # per side
 CELL_SIDE = 192
 CELL_FEATURES = 128
 SECOND_LOOK_SIDE = 1024  # a checked photo keeps a grey copy this large for the second look
-# Every descriptor that votes is one more search of the shortlist: a small index's exact
-# shortlist costs a check ~0.2 ms per query per 1,000 archive photos here, so the looks
-# after the first vote with fewer of their strongest descriptors.
-MIRROR_QUERIES = 32
+# Every descriptor that votes is one more search of the shortlist, so the closer looks
+# vote with few of their strongest descriptors. The mirror image votes with as many as the
+# photo itself: with 32 or 64 a mirrored re-crop of a real photo went unproposed (3
+# inliers; 57 with 128), though the forms' sets (mostly exact mirrors, PDQ's) did not show it.
+MIRROR_QUERIES = 128
 CLOSER_LOOK_QUERIES = 16
 
 
@@ -647,7 +648,7 @@ class Shortlist:
             index.nprobe = SHORTLIST_PROBES
             return cls(index)
         # Each photo's strongest SHORTLIST_FEATURES, as the stored one holds: every
-        # descriptor that votes searches them all (the looks vote with 240 a check), and
+        # descriptor that votes searches them all (the looks vote with 336 a check), and
         # on the tuning parts 128 of 192 found the same re-edits and forms, none flagged
         # (benchmarks/2026-12-04-reframed-flat128.txt); verification still uses all 192.
         vectors, rows = _valid_vectors(descriptors_loader(), meta, SHORTLIST_FEATURES)
