@@ -410,3 +410,42 @@ def test_a_2_gb_upload_is_refused_at_once_and_a_slow_one_blocks_no_one(live):
     finally:
         slow.close()
     assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200
+
+
+_TOUCHER = """
+import sys, time
+from pathlib import Path
+import dupecheck.tokens as t
+t.LAST_USED_EVERY_S = 0  # every verify writes its last-used time: the race at its widest
+store = t.TokenStore(Path(sys.argv[1]))
+tokens = sys.argv[2:]
+print("ready", flush=True)
+end = time.monotonic() + 60
+while not Path(sys.argv[1], "done").exists() and time.monotonic() < end:
+    for token in tokens:
+        store.verify(token)
+"""
+
+
+def test_a_revoke_racing_a_servers_last_used_writes_stays_revoked(tmp_path):
+    """Another process (the running server) writes last-used times while `token revoke`
+    runs: every revoked token stays revoked (without the lock, a server that read the file
+    before the revoke wrote the revoked token back)."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "config"
+    store = TokenStore(config)
+    tokens = {f"t{n}": store.create(f"t{n}") for n in range(40)}
+    server = subprocess.Popen([sys.executable, "-c", _TOUCHER, str(config), *tokens.values()],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        for name in tokens:
+            TokenStore(config).revoke(name)
+    finally:
+        (config / "done").touch()
+        server.wait(30)
+    after = TokenStore(config)
+    assert [n for n, token in tokens.items() if after.verify(token) is not None] == []
+    assert after.list() == []

@@ -2,24 +2,30 @@
 
 The file lives in dupecheck's config dir (platformdirs; `--config DIR` or
 DUPECHECK_CONFIG overrides), mode 0600 in a 0700 folder. A running server re-reads
-it whenever it changes, so a revoked token stops working at once.
+it whenever it changes, so a revoked token stops working at once. Every change (create,
+revoke, a server's last-used time) reads and writes the file under one lock (`flock` on
+a file beside it), so a change made by another process is never written over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DupecheckError, UsageError
 
 TOKENS_FILE = "tokens.json"
+LOCK_FILE = ".tokens.lock"
 TOKEN_PREFIX = "dc_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LAST_USED_EVERY_S = 60  # last-used times are written at most this often per token
@@ -81,9 +87,26 @@ class TokenStore:
         self._cache = (stat.st_mtime_ns, tokens)
         return tokens
 
-    def _save(self, tokens: dict[str, dict[str, str | None]]) -> None:
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, dict[str, str | None]]]:
+        """The tokens as the file holds them now, under the lock; what the block leaves in
+        the dict is saved when it changed. Read afresh inside the lock (never from the
+        cache), so a concurrent revoke is seen, not written back."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._private_folder()
+        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._cache = None
+            tokens = dict(self._load())
+            before = dict(tokens)
+            yield tokens
+            if tokens != before:
+                self._save(tokens)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _save(self, tokens: dict[str, dict[str, str | None]]) -> None:
         tmp = self.path.with_name(f".{TOKENS_FILE}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -110,13 +133,12 @@ class TokenStore:
         if not NAME_PATTERN.match(name):
             raise UsageError(f"token name {name!r}: use letters, digits, '.', '_' or '-' "
                              f"(at most 64)")
-        tokens = dict(self._load())
-        if name in tokens:
-            raise UsageError(f"a token named {name!r} exists; revoke it first or pick "
-                             f"another name")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        tokens[name] = {"sha256": _digest(token), "created": _now(), "last_used": None}
-        self._save(tokens)
+        with self._changing() as tokens:
+            if name in tokens:
+                raise UsageError(f"a token named {name!r} exists; revoke it first or pick "
+                                 f"another name")
+            tokens[name] = {"sha256": _digest(token), "created": _now(), "last_used": None}
         return token
 
     def list(self) -> list[TokenInfo]:
@@ -124,11 +146,10 @@ class TokenStore:
                 for name, v in sorted(self._load().items())]
 
     def revoke(self, name: str) -> None:
-        tokens = dict(self._load())
-        if name not in tokens:
-            raise UsageError(f"no token named {name!r}")
-        del tokens[name]
-        self._save(tokens)
+        with self._changing() as tokens:
+            if name not in tokens:
+                raise UsageError(f"no token named {name!r}")
+            del tokens[name]
 
     def __bool__(self) -> bool:
         return bool(self._load())
@@ -146,19 +167,24 @@ class TokenStore:
         return found
 
     def _touch(self, name: str) -> None:
-        tokens = dict(self._load())
-        last = tokens[name].get("last_used")
-        now = datetime.datetime.now(datetime.timezone.utc)
-        if last:
-            try:
-                seen = datetime.datetime.strptime(str(last), "%Y-%m-%dT%H:%M:%SZ").replace(
-                    tzinfo=datetime.timezone.utc)
-                if (now - seen).total_seconds() < LAST_USED_EVERY_S:
-                    return
-            except ValueError:
-                pass
-        tokens[name] = {**tokens[name], "last_used": _now()}
+        if not self._stale(self._load().get(name, {}).get("last_used")):
+            return  # the common case: no lock, no write
         try:
-            self._save(tokens)
-        except OSError:
+            with self._changing() as tokens:
+                entry = tokens.get(name)
+                if entry is not None and self._stale(entry.get("last_used")):  # revoked: gone
+                    tokens[name] = {**entry, "last_used": _now()}
+        except (OSError, TokenError):
             pass  # a last-used time is not worth failing a request
+
+    @staticmethod
+    def _stale(last: str | None) -> bool:
+        if not last:
+            return True
+        try:
+            seen = datetime.datetime.strptime(str(last), "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=datetime.timezone.utc)
+        except ValueError:
+            return True
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return (now - seen).total_seconds() >= LAST_USED_EVERY_S
