@@ -111,9 +111,9 @@ def decode_ahead(paths: list[Path]) -> None:
     its first ~0.3 s importing modules on one core while the other idles, and pillow-heif
     lets go of the GIL while it decodes (a 12 MP phone HEIC: 0.3-0.5 s), so the photo is
     ready by the time it is needed. A JPEG (Pillow lets go of the GIL too) decodes at
-    CHECK_DRAFT, the draft `check` asks for. Only a head start: `decode` takes the result
-    only for the same bytes and the same draft, and does exactly what it would have done
-    after decoding."""
+    CHECK_DRAFT, the draft `check` asks for, and any other format is reduced to it. Only
+    a head start: `decode` takes the result only for the same bytes and the same draft,
+    and does exactly what it would have done after decoding."""
     for path in paths:
         try:
             with path.open("rb") as fh:
@@ -122,26 +122,30 @@ def decode_ahead(paths: list[Path]) -> None:
                 continue
         except OSError:
             continue  # the real read reports it
-        _ahead[str(path)] = _DecodingAhead(path, CHECK_DRAFT if fmt == "jpeg" else None)
+        _ahead[str(path)] = _DecodingAhead(path, CHECK_DRAFT)
 
 
-def decode(data: bytes, name: str, draft: int | None = None) -> DecodedPhoto:
+def decode(data: bytes, name: str, draft: int | None = None,
+           max_pixels: int = MAX_PIXELS) -> DecodedPhoto:
     """Decode a photo; `draft` lets it come out reduced, never below draft x draft (JPEGs
-    decode reduced; other formats are reduced by a whole factor right after decoding).
+    decode reduced; other formats are reduced by a whole factor right after decoding,
+    before their pixels are widened to RGB). `max_pixels` may lower the pixel limit.
 
     Raises ImageError naming the file and the reason.
     """
-    ahead = _ahead.pop(name, None) if _ahead else None
+    ahead = _ahead.pop(name, None) if _ahead and max_pixels == MAX_PIXELS else None
     taken = ahead.take(data, draft) if ahead is not None else None
-    photo, drafted = taken if taken is not None else _decode_upright(data, name, draft)
+    photo, drafted = (taken if taken is not None
+                      else _decode_upright(data, name, draft, max_pixels))
     if draft and not drafted:
         return DecodedPhoto(reduce_to(photo.image, draft), photo.taken_at)
     return photo
 
 
-def _decode_upright(data: bytes, name: str, draft: int | None) -> tuple[DecodedPhoto, bool]:
-    """Upright RGB, and whether it came out at `draft` already (a JPEG does); any other
-    format comes out full size."""
+def _decode_upright(data: bytes, name: str, draft: int | None,
+                    max_pixels: int = MAX_PIXELS) -> tuple[DecodedPhoto, bool]:
+    """Upright RGB, and whether it came out at `draft` already (with a draft, every format
+    does: a JPEG decodes reduced, the others are reduced before they become RGB)."""
     fmt = sniff(data[:64])
     _register_openers(heif=fmt in ("heif", "avif"))
     if not data:
@@ -154,11 +158,13 @@ def _decode_upright(data: bytes, name: str, draft: int | None) -> tuple[DecodedP
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
         width, height = img.size
-        if width * height > MAX_PIXELS:
-            raise ImageError(f"{width} x {height} pixels, over the {MAX_PIXELS}-pixel limit", name)
+        limit = min(max_pixels, MAX_PIXELS)
+        if width * height > limit:
+            raise ImageError(f"{width} x {height} pixels, over the {limit}-pixel limit", name)
         if width < 1 or height < 1:
             raise ImageError("image has no pixels", name)
-        if draft and img.format == "JPEG":
+        jpeg_draft = bool(draft) and img.format == "JPEG"
+        if jpeg_draft:
             img.draft("RGB", (draft, draft))
         taken_at = _exif_taken_at(img)
         try:
@@ -167,7 +173,8 @@ def _decode_upright(data: bytes, name: str, draft: int | None) -> tuple[DecodedP
             upright = img
         upright = upright if upright is not None else img
         upright.load()
-        return DecodedPhoto(to_rgb(upright), taken_at), bool(draft) and img.format == "JPEG"
+        rgb = to_rgb(upright, None if jpeg_draft else draft)
+        return DecodedPhoto(rgb, taken_at), bool(draft)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -206,29 +213,56 @@ def _exif_taken_at(img: Image.Image) -> str | None:
         return None
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; transparency is composited on white."""
+def to_rgb(img: Image.Image, draft: int | None = None) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited on white. With `draft`,
+    reduced as `reduce_to` does at the cheapest point: after the samples are 8-bit, before
+    they are widened to three channels. Memory stays near the decoded frame's own: 16-bit
+    and float frames are narrowed strip by strip, never as a float64 copy."""
+    def shrink(im: Image.Image) -> Image.Image:
+        return reduce_to(im, draft) if draft else im
+
     mode = img.mode
     if mode == "RGB":
-        return img
+        return shrink(img)
     if mode in ("I", "F") or mode.startswith("I;16"):
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float64)
-        peak = arr.max(initial=0)
-        if mode.startswith("I;16") or (mode == "I" and peak > 255):
-            arr = arr / 257  # 16-bit samples
-        elif mode == "F" and peak <= 1.0:
-            arr = arr * 255
-        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+        return shrink(_grey8(img)).convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         mode == "P" and "transparency" in img.info
     ) or (mode in ("L", "RGB") and "transparency" in img.info)
     if has_alpha:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return shrink(flat)
+    if mode == "L":
+        return shrink(img).convert("RGB")
+    return shrink(img.convert("RGB"))
+
+
+GREY_STRIP_PIXELS = 1 << 22  # 16-bit and float frames are narrowed this much at a time
+
+
+def _grey8(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float frame -> 8-bit grey ("L"), one strip at a time:
+    16-bit samples / 257 rounded (in integers), floats in [0, 1] scaled by 255."""
+    import numpy as np
+
+    width, height = img.size
+    low, peak = img.getextrema()
+    sixteen = img.mode.startswith("I;16") or (img.mode == "I" and peak > 255)
+    scale = 255.0 if img.mode == "F" and peak <= 1.0 else 1.0
+    out = np.empty((height, width), dtype=np.uint8)
+    step = max(1, GREY_STRIP_PIXELS // width)
+    for top in range(0, height, step):
+        strip = np.asarray(img.crop((0, top, width, min(height, top + step))))
+        if sixteen:
+            wide = np.clip(strip, 0, 65535).astype(np.uint32)
+            out[top:top + step] = (wide + 128) // 257
+        elif img.mode == "F":
+            out[top:top + step] = np.clip(strip * scale + 0.5, 0, 255).astype(np.uint8)
+        else:
+            out[top:top + step] = np.clip(strip, 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "L")
 
 
 def centre_crop_to_aspect(img: Image.Image, aspect: float) -> Image.Image:

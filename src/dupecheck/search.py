@@ -30,7 +30,7 @@ from .evidence import (
     pdq_hash,
     sha256_bytes,
 )
-from .imaging import FULL_FRAME, MAX_PHOTO_BYTES, crop_variants, decode, model_views
+from .imaging import FULL_FRAME, MAX_PHOTO_BYTES, MAX_PIXELS, crop_variants, decode, model_views
 from .localfeatures import (
     CLOSER_LOOK_VOTES,
     CLUSTERED,
@@ -143,10 +143,12 @@ def effective_threshold(explicit: float | None, calibrated: float | None,
 
 @dataclass(frozen=True)
 class Upload:
-    """A photo that arrived as bytes (an HTTP upload), named as its sender named it."""
+    """A photo that arrived as bytes (an HTTP upload), named as its sender named it, and
+    the most pixels it may decode to (the service's limit is lower than the CLI's)."""
 
     name: str
     data: bytes
+    max_pixels: int = MAX_PIXELS
 
 
 Source = Path | Upload
@@ -178,7 +180,8 @@ def load_candidate(source: Source, spec: ModelSpec, local: bool = False,
     With `local`, also take its local features (for `re-framed`): as a checked photo's,
     or with `as_archive` as an archive photo's (`compare`'s B)."""
     name, data = read_source(source)
-    photo = decode(data, name, draft=spec.draft_size)
+    photo = decode(data, name, draft=spec.draft_size,
+                   max_pixels=source.max_pixels if isinstance(source, Upload) else MAX_PIXELS)
     features = closer = None
     if local:  # on the other core, while the hashes and the model's inputs are made
         features = extract_beside(photo.image, candidate=not as_archive)
