@@ -204,16 +204,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served_on_loopback(app: Any) -> Iterator[int]:
-    """Run an ASGI app under uvicorn in a thread; yields its port, stops it after."""
+def served_on_loopback(app: Any, trusted_proxies: list[str] | None = None) -> Iterator[int]:
+    """Run an ASGI app under uvicorn in a thread, with the settings `serve` uses; yields its
+    port, stops it after."""
     import threading
     import time
 
     import uvicorn
 
+    from dupecheck.service import server_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, trusted_proxies))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -110,6 +110,12 @@ def test_page_opens_in_chromium_shows_every_photo_and_captions_as_text(cli, mapp
     run_map(cli, mapped, tmp_path, "--quiet", "--motifs", "3")
     page = (tmp_path / "map.html").read_text()
     assert "http://" not in page and "https://" not in page  # self-contained: no CDN
+    import re
+
+    [csp] = re.findall(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page)
+    policy = dict(part.strip().split(" ", 1) for part in csp.split(";"))
+    assert policy["default-src"] == "'none'" and policy["img-src"] == "data:", csp
+    assert set(policy) <= {"default-src", "img-src", "style-src", "script-src"}, csp
     browser.set_window_size(1200, 900)
     browser.get((tmp_path / "map.html").as_uri())
     state = browser.execute_script("return window.dupecheckMap")

@@ -15,10 +15,22 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import tiny_engine
+from dupecheck import service
 from dupecheck.cli import app as cli_app
 from dupecheck.engines import load_engine
 from dupecheck.engines.weights import file_sha256
-from dupecheck.service import FAILED_AUTH_LIMIT, Pairing, ServiceState, create_app
+from dupecheck.service import (
+    FAILURE_CLIENTS,
+    FAILURE_MEMORY_S,
+    FREE_FAILURES,
+    MAX_OWNER_REQUESTS,
+    MAX_STRANGER_REQUESTS,
+    FailureLog,
+    Pairing,
+    ServiceState,
+    create_app,
+    host_allowed,
+)
 from dupecheck.tokens import TokenStore
 from helpers import (
     LAYOUT_DIRS,
@@ -51,7 +63,7 @@ def served(tmp_path, tiny_weights):
     engine = load_engine(TINY, tiny_weights)
     state = ServiceState(idx, TINY, engine, file_sha256(tiny_weights), tokens,
                          {TINY.name: (TINY, lambda: engine)})
-    client = TestClient(create_app(state, MAX_UPLOAD))
+    client = TestClient(create_app(state, MAX_UPLOAD, ("testserver",)))
     return client, token, state, export, tmp_path
 
 
@@ -66,7 +78,8 @@ def upload(name: str, data: bytes):
 def test_health_needs_no_token_and_everything_else_does(served):
     client, token, *_ = served
     assert client.get("/api/health").json() == {"status": "ok", "photos": 3}
-    for method, url in (("get", "/api/info"), ("get", "/api/thumb/0"), ("post", "/api/check")):
+    for method, url in (("get", "/api/info"), ("get", "/api/thumb/0"), ("post", "/api/check"),
+                        ("post", "/api/add")):
         r = getattr(client, method)(url)
         assert r.status_code == 401 and "token" in r.json()["error"]
     r = client.get("/api/info", headers=auth("dc_wrong"))
@@ -172,7 +185,13 @@ def test_unreadable_images_are_400_with_the_reason(served):
     r = client.post("/api/check", headers=auth(token),
                     files=[upload("bomb.png", png_declaring(40000, 40000))])
     assert r.status_code == 400 and "bomb.png" in r.json()["error"]
-    assert "limit" in r.json()["error"] or "bomb" in r.json()["error"]
+    assert "decompression bomb refused" in r.json()["error"]
+    # The service's limit is lower than the CLI's: 56 MP is refused before decoding.
+    r = client.post("/api/check", headers=auth(token),
+                    files=[upload("huge.png", png_declaring(8000, 7000))])
+    assert r.status_code == 400, r.text
+    assert f"8000 x 7000 pixels, over the {service.SERVICE_MAX_PIXELS}-pixel limit" \
+        in r.json()["error"]
     r = client.post("/api/check", headers=auth(token), files=[upload("x.jpg", b"hello")])
     assert r.status_code == 400 and "not a photo" in r.json()["error"]
     assert client.get("/api/health").status_code == 200  # still serving
@@ -207,7 +226,8 @@ def test_an_upload_over_the_limit_is_413_while_it_streams(served):
              "method": "POST", "scheme": "http", "path": "/api/check",
              "raw_path": b"/api/check", "root_path": "", "query_string": b"",
              "server": ("testserver", 80), "client": ("127.0.0.1", 1),
-             "headers": [(b"authorization", f"Bearer {token}".encode()),
+             "headers": [(b"host", b"testserver"),
+                         (b"authorization", f"Bearer {token}".encode()),
                          (b"content-type", b"multipart/form-data; boundary=zz"),
                          (b"transfer-encoding", b"chunked")]}
     anyio.run(client.app, scope, receive, send)
@@ -241,16 +261,66 @@ def test_a_path_in_the_file_name_reaches_no_disk(served):
     assert [p for p in after if p not in before and "config" not in p] == []
 
 
-def test_a_revoked_token_stops_at_once_and_failures_are_rate_limited(served):
+def test_a_revoked_token_stops_at_once_on_a_server_that_just_used_it(served):
     client, token, state, *_ = served
-    assert client.get("/api/info", headers=auth(token)).status_code == 200
+    for _ in range(3):  # the server's token cache is warm
+        assert client.get("/api/info", headers=auth(token)).status_code == 200
     TokenStore(state.tokens.dir).revoke("phone")  # another process, the running server
     assert client.get("/api/info", headers=auth(token)).status_code == 401
-    other = TokenStore(state.tokens.dir).create("tablet")
-    for _ in range(FAILED_AUTH_LIMIT):
-        client.get("/api/info", headers=auth("dc_guess"))
-    r = client.get("/api/info", headers=auth(other))
-    assert r.status_code == 429 and "wait" in r.json()["error"]
+
+
+@pytest.fixture
+def pauses(monkeypatch):
+    """The delays failed attempts wait, recorded instead of slept."""
+    waited: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(service, "_pause", pause)
+    return waited
+
+
+def test_a_valid_token_is_never_refused_or_slowed_by_anyone_elses_failures(served, pauses):
+    """Behind a proxy every device is one client: a stranger's wrong guesses slow only the
+    wrong guesses (growing delays, never a lock), and the owner's token and a valid pairing
+    code pass at once."""
+    client, token, state, *_ = served
+    guesses = FREE_FAILURES + 7
+    for _ in range(guesses):
+        r = client.get("/api/info", headers=auth("dc_guess"))
+        assert r.status_code == 401
+    assert pauses[:FREE_FAILURES] == [0.0] * FREE_FAILURES
+    slowed = pauses[FREE_FAILURES:]
+    assert slowed[0] > 0 and slowed == sorted(slowed) and slowed[-1] > slowed[0]
+    assert slowed[-1] == service.MAX_FAILURE_DELAY_S
+    pauses.clear()
+    for path in ("/api/info", "/api/thumb/0"):
+        assert client.get(path, headers=auth(token)).status_code == 200
+    assert client.post("/api/check", headers=auth(token),
+                       files=[upload("a.jpg", jpeg_bytes(synthetic_photo(8)))]).status_code == 200
+    assert pauses == []
+    # Wrong pairing codes count as failures of the same client; a valid code passes.
+    state.pairing = Pairing.new()
+    assert client.post("/api/pair", json={"code": "nope"}).status_code == 401
+    assert pauses == [service.MAX_FAILURE_DELAY_S]
+    assert client.post("/api/pair", json={"code": state.pairing.code}).status_code == 200
+    assert len(pauses) == 1
+
+
+def test_failures_are_counted_per_client_forgotten_when_quiet_and_bounded():
+    now = [0.0]
+    log = FailureLog(clock=lambda: now[0])
+    first = [log.record("10.0.0.1") for _ in range(FREE_FAILURES + 2)]
+    assert first[:FREE_FAILURES] == [0.0] * FREE_FAILURES and 0 < first[-2] < first[-1]
+    assert log.record("10.0.0.2") == 0.0  # another client starts afresh
+    now[0] += FAILURE_MEMORY_S - 1
+    assert log.record("10.0.0.1") > first[-1]  # still remembered within the window
+    now[0] += FAILURE_MEMORY_S + 1
+    assert log.record("10.0.0.1") == 0.0  # ten quiet minutes: forgotten
+    for n in range(FAILURE_CLIENTS + 500):  # one spoofed address after another
+        log.record(f"spoof-{n}")
+    assert len(log) == FAILURE_CLIENTS and "spoof-0" not in log.clients()
 
 
 def test_a_new_generation_is_picked_up_without_a_restart(served, tiny_weights):
@@ -328,6 +398,9 @@ def test_tokens_are_shown_once_and_stored_hashed_0600(tmp_path):
     assert r.exit_code == 0
     token = r.stdout.strip()
     assert token.startswith("dc_") and r.stdout == token + "\n"  # alone on stdout
+    import base64
+
+    assert len(base64.urlsafe_b64decode(token[3:] + "=")) == 32  # 32 random bytes
     stored = (config / "tokens.json").read_text()
     assert token not in stored
     assert stat.S_IMODE((config / "tokens.json").stat().st_mode) == 0o600
@@ -341,6 +414,37 @@ def test_tokens_are_shown_once_and_stored_hashed_0600(tmp_path):
     assert TokenStore(config).verify(token) is None
     env = runner.invoke(cli_app, ["token", "list"], env={"DUPECHECK_CONFIG": str(config)})
     assert "no tokens" in env.stdout
+
+
+def test_every_stored_hash_is_compared_in_constant_time(tmp_path, monkeypatch):
+    import hmac
+
+    from dupecheck import tokens as tokens_module
+
+    store = TokenStore(tmp_path / "config")
+    made = [store.create(f"d{n}") for n in range(5)]
+    compared: list[tuple[str, str]] = []
+
+    def counting(a, b):
+        compared.append((a, b))
+        return hmac.compare_digest(a, b)
+
+    monkeypatch.setattr(tokens_module.hmac, "compare_digest", counting)
+    assert store.verify(made[0]) == "d0"  # found first, and still every hash compared
+    assert len(compared) == 5
+    assert store.verify("dc_guess") is None and len(compared) == 10
+
+
+def test_a_pairing_code_is_128_bits_and_lasts_ten_minutes(served):
+    import base64
+    import time
+
+    client, _, state, *_ = served
+    state.pairing = Pairing.new()
+    assert len(base64.urlsafe_b64decode(state.pairing.code + "==")) == 16
+    assert 599 <= state.pairing.expires - time.monotonic() <= 600
+    state.pairing.expires = time.monotonic() - 0.001  # ten minutes later
+    assert client.post("/api/pair", json={"code": state.pairing.code}).status_code == 401
 
 
 def test_serve_refuses_to_start_without_a_token(served):
@@ -386,7 +490,7 @@ def test_a_2_gb_upload_is_refused_at_once_and_a_slow_one_blocks_no_one(live):
     import httpx
 
     port, token = live
-    head = (f"POST /api/check HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+    head = (f"POST /api/check HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
             f"Content-Type: multipart/form-data; boundary=zz\r\n")
     big = _raw(port, (head + "Content-Length: 2147483648\r\n\r\n").encode())
     data = b""
@@ -449,3 +553,188 @@ def test_a_revoke_racing_a_servers_last_used_writes_stays_revoked(tmp_path):
     after = TokenStore(config)
     assert [n for n, token in tokens.items() if after.verify(token) is not None] == []
     assert after.list() == []
+
+
+def test_x_forwarded_for_is_believed_only_from_a_proxy_serve_was_told_of(served, pauses):
+    """Through uvicorn as `serve` runs it: a client on loopback naming a new address in each
+    request is still one client (its delays grow; the failure table holds one entry); with
+    --trust-proxy 127.0.0.1 the proxy's header names the client."""
+    import httpx
+
+    client, token, state, *_ = served
+    with served_on_loopback(client.app) as port:
+        for n in range(FREE_FAILURES + 3):
+            r = httpx.get(f"http://127.0.0.1:{port}/api/info",
+                          headers={**auth("dc_guess"), "X-Forwarded-For": f"203.0.113.{n}"})
+            assert r.status_code == 401
+        assert state.failures.clients() == ["127.0.0.1"]
+        assert pauses[-1] > pauses[FREE_FAILURES] > 0
+        r = httpx.get(f"http://127.0.0.1:{port}/api/info", headers=auth(token))
+        assert r.status_code == 200 and "server" not in r.headers
+    state.failures = FailureLog()
+    with served_on_loopback(client.app, trusted_proxies=["127.0.0.1"]) as port:
+        for n in range(3):
+            httpx.get(f"http://127.0.0.1:{port}/api/info",
+                      headers={**auth("dc_guess"), "X-Forwarded-For": f"203.0.113.{n}"})
+    assert state.failures.clients() == [f"203.0.113.{n}" for n in range(3)]
+
+
+def _asgi_request(path: str, headers: list[tuple[bytes, bytes]], method: str = "POST") -> dict:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+            "root_path": "", "query_string": b"", "server": ("testserver", 80),
+            "client": ("198.51.100.7", 1), "headers": [(b"host", b"testserver"), *headers]}
+
+
+def test_no_byte_of_a_body_is_read_without_a_valid_token_and_requests_in_flight_are_capped(
+        served, pauses):
+    """The gate answers from the headers: a wrong token's upload is never read. Requests
+    without a token that hold their connection open fill at most MAX_STRANGER_REQUESTS
+    places (then 503 at once), while the owner's requests still pass; the owner's own
+    requests wait their turn beyond MAX_OWNER_REQUESTS instead of all reading at once."""
+    client, token, *_ = served
+    app = client.app
+    form = [(b"content-type", b"multipart/form-data; boundary=zz"),
+            (b"content-length", b"60000000")]
+    reads = 0
+
+    async def counting_receive() -> dict:
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": True}
+
+    async def run() -> None:
+        sent: list[dict] = []
+
+        async def collect(msg: dict) -> None:
+            sent.append(msg)
+
+        await app(_asgi_request("/api/check", [(b"authorization", b"Bearer dc_guess"), *form]),
+                  counting_receive, collect)
+        assert sent[0]["status"] == 401 and reads == 0
+
+        # Strangers holding pairing requests open, never sending their body.
+        never = anyio.Event()
+        entered = 0
+
+        async def stalled() -> dict:
+            nonlocal entered
+            entered += 1
+            await never.wait()
+            return {"type": "http.disconnect"}
+
+        answers: dict[str, list[int]] = {"stranger": [], "owner": []}
+
+        async def call(kind: str, scope: dict, receive) -> None:
+            out: list[dict] = []
+
+            async def keep(msg: dict) -> None:
+                out.append(msg)
+
+            await app(scope, receive, keep)
+            answers[kind].append(out[0]["status"])
+
+        async def empty() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(MAX_STRANGER_REQUESTS):
+                tg.start_soon(call, "stranger", _asgi_request("/api/pair", []), stalled)
+            while entered < MAX_STRANGER_REQUESTS:
+                await anyio.sleep(0.01)
+            await call("stranger", _asgi_request("/api/pair", []), empty)
+            assert answers["stranger"] == [503]
+            await call("owner", _asgi_request("/api/info", [(b"authorization",
+                                                            f"Bearer {token}".encode())],
+                                              "GET"), empty)
+            assert answers["owner"] == [200]
+            never.set()
+        # The owner: MAX_OWNER_REQUESTS read at once, the next waits for a place.
+        gate = app.app
+        gate_entered = 0
+        release = anyio.Event()
+
+        async def slow_owner() -> dict:
+            nonlocal gate_entered
+            gate_entered += 1
+            await release.wait()
+            return {"type": "http.disconnect"}
+
+        owner_scope = _asgi_request("/api/check", [
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", b"multipart/form-data; boundary=zz")])  # under the limit
+        async with anyio.create_task_group() as tg:
+            for _ in range(MAX_OWNER_REQUESTS + 1):
+                tg.start_soon(gate, dict(owner_scope), slow_owner, collect)
+            await anyio.sleep(0.5)
+            assert gate_entered == MAX_OWNER_REQUESTS
+            release.set()
+        assert gate_entered == MAX_OWNER_REQUESTS + 1
+
+    anyio.run(run)
+
+
+def test_a_form_with_too_many_files_or_fields_is_refused_and_spooled_parts_are_closed(served):
+    client, token, *_ = served
+    tiny = jpeg_bytes(synthetic_photo(3))
+    r = client.post("/api/check", headers=auth(token),
+                    files=[upload(f"{n}.jpg", tiny) for n in range(service.MAX_PHOTOS + 1)])
+    assert r.status_code == 400 and "files" in r.json()["error"].lower()
+    r = client.post("/api/check", headers=auth(token), files=[upload("a.jpg", tiny)],
+                    data={f"f{n}": "x" for n in range(service.MAX_FORM_FIELDS + 1)})
+    assert r.status_code == 400 and "fields" in r.json()["error"].lower()
+    # A part over 1 MB is spooled by Starlette to an unnamed temporary file: closed (no
+    # descriptor left open) when the request ends.
+    big = jpeg_bytes(synthetic_photo(4)) + os.urandom(1536 * 1024)  # a JPEG with a tail
+    assert client.post("/api/check", headers=auth(token),
+                       files=[upload("small.jpg", tiny)]).status_code == 200  # warm
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        r = client.post("/api/check", headers=auth(token), files=[upload("big.jpg", big)])
+        assert r.status_code == 200, r.text
+    assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+@pytest.mark.parametrize("host,ok", [
+    ("127.0.0.1:8765", True), ("localhost:8765", True), ("[::1]:8765", True),
+    ("192.168.1.20:8765", True), ("box.tailnet-1234.ts.net", True), ("photos.example", True),
+    ("evil.example:8765", False), ("127.0.0.1.evil.example", False), ("ts.net.evil", False),
+    ("", False)])
+def test_only_known_host_names_are_answered(host, ok):
+    assert host_allowed(host, ["photos.example"]) is ok
+
+
+def test_a_dns_rebinding_host_gets_421_before_anything_else(served):
+    client, token, *_ = served
+    for path in ("/", "/api/health", "/api/info"):
+        r = client.get(path, headers={"Host": "evil.example", **auth(token)})
+        assert r.status_code == 421 and "allow-host" in r.json()["error"], path
+    assert client.get("/api/health", headers={"Host": "127.0.0.1:8765"}).status_code == 200
+
+
+def test_serve_binds_loopback_believes_no_proxy_and_refuses_plain_http_to_the_network(
+        served, monkeypatch):
+    """The real command, up to the moment uvicorn would listen."""
+    import uvicorn
+
+    _, _, state, _, tmp_path = served
+    started: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: started.append(self.config))
+    base = ["serve", "--index", str(state.index_dir), "--config", str(tmp_path / "config")]
+    r = runner.invoke(cli_app, base)
+    assert r.exit_code == 0, r.output
+    [config] = started
+    assert config.host == "127.0.0.1" and config.proxy_headers is False
+    probe = TestClient(config.app)
+    assert probe.get("/api/health", headers={"Host": "evil.example"}).status_code == 421
+    for args in (["--host", "0.0.0.0"], ["--public-url", "http://box.example:8765"],
+                 ["--public-url", "ftp://x"], ["--host", "0.0.0.0", "--qr", "--insecure-http"]):
+        r = runner.invoke(cli_app, base + args)
+        assert r.exit_code == 2 and len(started) == 1, (args, r.output)
+    r = runner.invoke(cli_app, base + ["--host", "0.0.0.0", "--insecure-http"])
+    assert r.exit_code == 0 and "plain HTTP" in r.stderr
+    r = runner.invoke(cli_app, base + ["--public-url", "https://box.example", "--trust-proxy",
+                                       "127.0.0.1"])
+    assert r.exit_code == 0 and started[-1].proxy_headers is True
+    probe = TestClient(started[-1].app)
+    assert probe.get("/api/health", headers={"Host": "box.example"}).status_code == 200

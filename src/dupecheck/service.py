@@ -2,23 +2,27 @@
 
 FastAPI over the library `check` uses (no second code path): the index and the model
 are loaded once and kept warm, a new index generation is picked up without a restart.
-Private by design: every endpoint but the health check needs a bearer token (stored
-hashed, compared in constant time, failed attempts rate-limited); uploads are read into
-memory under a size limit enforced while the body streams in, and never kept; archive
-photos are only reachable as thumbnails by row, so no path from a client touches the
-disk. Errors are JSON: {"error": "..."}.
+Private by design: every /api endpoint but the health check and pairing needs a bearer
+token (stored hashed, compared in constant time). The token is checked by `Gate`, an ASGI
+layer in front of the app, from the header alone: a request without a valid one is
+answered before a byte of its body is read, after a delay that grows with its client's
+failures; a valid token is never refused or slowed by anyone else's failures. Uploads
+stream in under a size limit and are never kept; archive photos are only reachable as
+thumbnails by row, so no path from a client touches the disk. Errors are JSON:
+{"error": "..."}.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import logging
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,6 +33,7 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from . import report
 from .defaults import DEFAULT_TOP_K
@@ -39,10 +44,33 @@ from .store import CURRENT_FILE, Index, open_index
 from .tokens import TokenStore
 
 MAX_PHOTOS = 20  # per request
+MAX_FORM_FIELDS = 4  # top_k, threshold, caption: a form with more is refused unparsed
 THUMB_SIDE = 320
-FAILED_AUTH_LIMIT = 10  # failed attempts per client per minute, then 429
 PAIRING_SECONDS = 600  # a pairing code works once, for ten minutes
 CHECK_WORKERS = 2  # checks at once: the CPU's cores, not the thread pool's 40
+# A photo the service decodes has at most this many pixels (a 48 MP phone photo fits);
+# the CLI's limit is imaging.MAX_PIXELS. Keeps a worst-case decode near 200 MB.
+SERVICE_MAX_PIXELS = 50_000_000
+
+# Failed attempts (a wrong token or pairing code). Tokens and codes are too long to guess;
+# this only makes trying slow. A client's first FREE_FAILURES are answered at once, then
+# each waits FAILURE_DELAY_S, doubling per failure up to MAX_FAILURE_DELAY_S.
+FREE_FAILURES = 5
+FAILURE_DELAY_S = 0.5
+MAX_FAILURE_DELAY_S = 10.0
+FAILURE_MEMORY_S = 600  # a client's failures are forgotten after ten quiet minutes
+FAILURE_CLIENTS = 4096  # clients remembered at most (the longest quiet forgotten first)
+# Requests in flight at once. Without a valid token: beyond this, 503 at once. With one:
+# beyond this they wait their turn (bounds the memory that uploads and decodes take).
+MAX_STRANGER_REQUESTS = 64
+MAX_OWNER_REQUESTS = 8
+TOKEN_SCOPE_KEY = "dupecheck.token"  # the token's name, set by Gate for the app below it
+
+# Host names answered besides IP literals (a DNS-rebinding page always names its own
+# host) and the names `serve` is told (--public-url, --allow-host): tailnet names under
+# ts.net are issued by Tailscale, never by a page's owner.
+LOOPBACK_HOSTS = ("localhost",)
+TAILNET_SUFFIX = ".ts.net"
 
 
 class ApiError(Exception):
@@ -138,6 +166,129 @@ class BodyLimit:
             await _error(413, message)(scope, receive, send)
 
 
+async def _pause(seconds: float) -> None:
+    """A failed attempt's answer waits here (only that request: nothing else is held)."""
+    if seconds > 0:
+        await anyio.sleep(seconds)
+
+
+class FailureLog:
+    """Failed attempts per client, bounded: the delay each new failure waits."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clients: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def record(self, client: str) -> float:
+        """Count a failure; the seconds its answer waits (0 for the first few)."""
+        now = self._clock()
+        with self._lock:
+            count, last = self._clients.pop(client, (0, now))
+            count = count + 1 if now - last < FAILURE_MEMORY_S else 1
+            self._clients[client] = (count, now)  # the most recent last
+            while self._clients:
+                oldest, (_, when) = next(iter(self._clients.items()))
+                if len(self._clients) <= FAILURE_CLIENTS and now - when < FAILURE_MEMORY_S:
+                    break
+                del self._clients[oldest]
+        if count <= FREE_FAILURES:
+            return 0.0
+        return min(MAX_FAILURE_DELAY_S, FAILURE_DELAY_S * 2 ** (count - FREE_FAILURES - 1))
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def clients(self) -> list[str]:
+        with self._lock:
+            return list(self._clients)
+
+
+def host_allowed(host_header: str, names: Iterable[str]) -> bool:
+    """Whether a request's Host names this server: an IP literal, localhost, a tailnet
+    name, or a name `serve` was told. Anything else may be a DNS-rebinding page."""
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:8765
+        host = host[1:host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    host = host.rstrip(".")
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return (host in LOOPBACK_HOSTS or host.endswith(TAILNET_SUFFIX)
+            or host in {n.lower().rstrip(".") for n in names})
+
+
+class Gate:
+    """In front of the app, from the request's headers alone (no body is read here):
+    unknown Host names are refused (421); a valid bearer token passes, at most
+    MAX_OWNER_REQUESTS at a time (the rest wait); a request to a token-only endpoint
+    without one is answered 401 after its client's failure delay; requests without a
+    valid token are capped at MAX_STRANGER_REQUESTS in flight (503 beyond)."""
+
+    PUBLIC = ("/api/health", "/api/pair")
+
+    def __init__(self, app: Any, state: ServiceState, hosts: Iterable[str] | None) -> None:
+        self.app = app
+        self.state = state
+        self.hosts = None if hosts is None else tuple(hosts)
+        self.strangers = 0
+        self._owner_slots: anyio.Semaphore | None = None
+
+    def _needs_token(self, path: str) -> bool:
+        return path.startswith("/api/") and path not in self.PUBLIC
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.hosts is not None and not host_allowed(host, self.hosts):
+            await _error(421, "this server does not answer to that host name (start "
+                              "`dupecheck serve` with --allow-host NAME)")(scope, receive, send)
+            return
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        name = None
+        if scheme.lower() == "bearer" and token.strip():
+            try:
+                name = self.state.tokens.verify(token.strip())
+            except DupecheckError as exc:  # a damaged token file: the log says where
+                logging.getLogger("dupecheck.serve").error("tokens: %s", exc)
+                await _error(503, "the server cannot answer now; its log says why")(
+                    scope, receive, send)
+                return
+        if name is not None:
+            scope[TOKEN_SCOPE_KEY] = name
+            if self._owner_slots is None:
+                self._owner_slots = anyio.Semaphore(MAX_OWNER_REQUESTS)
+            async with self._owner_slots:
+                await self.app(scope, receive, send)
+            return
+        scope.pop(TOKEN_SCOPE_KEY, None)
+        if self.strangers >= MAX_STRANGER_REQUESTS:
+            await _error(503, "too many requests at once; try again shortly",
+                         {"Retry-After": "1"})(scope, receive, send)
+            return
+        self.strangers += 1
+        try:
+            if self._needs_token(scope.get("path", "")):
+                client = (scope.get("client") or ("?",))[0]
+                await _pause(self.state.failures.record(client))
+                await _error(401, "a valid token is needed: `Authorization: Bearer TOKEN` "
+                                  "(`dupecheck token create NAME`)")(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            self.strangers -= 1
+
+
 @dataclass
 class Pairing:
     """A single-use, short-lived code the phone trades for a token (the QR code)."""
@@ -165,8 +316,8 @@ class ServiceState:
     _current: str = ""
     _index: Index | None = None
     _searcher: Searcher | None = None
+    failures: FailureLog = field(default_factory=FailureLog)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _failures: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
 
     def index(self) -> tuple[Index, Searcher]:
         pointer = (self.index_dir / CURRENT_FILE).read_text(errors="replace")
@@ -187,19 +338,6 @@ class ServiceState:
         index, _ = self.index()
         entry = index.models[self.spec.name]
         return effective_threshold(explicit, entry.threshold, self.spec.default_threshold)
-
-    def failed(self, client: str) -> None:
-        """Record a failed attempt (the last minute's are kept)."""
-        now = time.monotonic()
-        attempts = self._failures[client]
-        attempts.append(now)
-        while attempts and attempts[0] < now - 60:
-            attempts.popleft()
-
-    def limited(self, client: str) -> bool:
-        now = time.monotonic()
-        attempts = self._failures.get(client) or deque()
-        return sum(1 for t in attempts if t >= now - 60) >= FAILED_AUTH_LIMIT
 
 
 def _client(request: Request) -> str:
@@ -233,14 +371,19 @@ def page_csp(html: str) -> str:
             "form-action 'self'")
 
 
-def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) -> Any:
-    """The FastAPI application, wrapped in the streaming body limit and SECURITY_HEADERS."""
+def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
+               hosts: Iterable[str] | None = ()) -> Any:
+    """The FastAPI application behind Gate (Host names, tokens, failure delays, requests
+    in flight), the streaming body limit and SECURITY_HEADERS. `hosts`: the host names
+    answered besides IP literals, localhost and tailnet names (None: any)."""
     # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, on the
     # origin whose storage holds the phone's token. The schema stays at /openapi.json.
     app = FastAPI(title="dupecheck", version="1.0", docs_url=None, redoc_url=None,
+                  form_limits={"max_files": MAX_PHOTOS, "max_fields": MAX_FORM_FIELDS},
                   description="Is this photo already on my Instagram? Private service: "
-                              "every endpoint but /api/health needs `Authorization: Bearer "
-                              "TOKEN` (`dupecheck token create NAME`).")
+                              "every /api endpoint but /api/health and /api/pair needs "
+                              "`Authorization: Bearer TOKEN` (`dupecheck token create "
+                              "NAME`).")
     workers = anyio.CapacityLimiter(CHECK_WORKERS)
 
     @app.exception_handler(ApiError)
@@ -259,6 +402,10 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
             parts.append(f"{where}: {e.get('msg')}")
         return _error(422, "; ".join(parts) or "invalid request")
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        return _error(400, "the request ended before its body did")  # no one reads it
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged for the owner; the caller, who may have no token, learns no path.
@@ -266,36 +413,23 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
                                                    request.url.path, exc_info=exc)
         return _error(500, "the server could not answer; its log says why")
 
-    def _authenticated(request: Request) -> bool:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        try:
-            return state.tokens.verify(token.strip()) is not None
-        except DupecheckError:
-            return False
-
     @app.exception_handler(DupecheckError)
     async def _dupecheck_error(request: Request, exc: DupecheckError) -> JSONResponse:
         status = 503 if exc.exit_code == 3 else 400
-        if not _authenticated(request):  # the owner reads the why in the log, not a stranger
+        if TOKEN_SCOPE_KEY not in request.scope:  # a stranger: the why goes to the log
             logging.getLogger("dupecheck.serve").error("%s %s: %s", request.method,
                                                        request.url.path, exc)
             return _error(status, "the server cannot answer now; its log says why")
         return _error(status, str(exc))
 
     def authorise(request: Request) -> str:
-        client = _client(request)
-        if state.limited(client):
-            raise ApiError(429, "too many failed attempts; wait a minute")
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        name = state.tokens.verify(token.strip()) if scheme.lower() == "bearer" else None
+        """The token's name, as Gate found it (Gate has already answered any request
+        without a valid one; this is the second lock on the same door)."""
+        name = request.scope.get(TOKEN_SCOPE_KEY)
         if name is None:
-            state.failed(client)
             raise ApiError(401, "a valid token is needed: `Authorization: Bearer TOKEN` "
                                 "(`dupecheck token create NAME`)")
-        return name
+        return str(name)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -318,8 +452,12 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
     async def uploads(photo: list[UploadFile]) -> list[Upload]:
         if len(photo) > MAX_PHOTOS:
             raise ApiError(422, f"photo: at most {MAX_PHOTOS} photos a request")
-        return [Upload(_safe_name(f.filename, n), await f.read())
-                for n, f in enumerate(photo, 1)]
+        try:
+            return [Upload(_safe_name(f.filename, n), await f.read(), SERVICE_MAX_PIXELS)
+                    for n, f in enumerate(photo, 1)]
+        finally:
+            for f in photo:  # a part over 1 MB was spooled to an unnamed temporary file
+                await f.close()
 
     @app.post("/api/check", dependencies=token)
     async def check(
@@ -378,8 +516,6 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
     async def pair(request: Request) -> JSONResponse:
         """Trade the single-use code from the QR code for a token of this phone's own."""
         client = _client(request)
-        if state.limited(client):
-            raise ApiError(429, "too many failed attempts; wait a minute")
         body = b""
         async for chunk in request.stream():  # read no further than a pairing needs
             body += chunk
@@ -394,14 +530,14 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024) ->
         ok = (pairing is not None and not pairing.used and time.monotonic() < pairing.expires
               and secrets.compare_digest(code.encode(), pairing.code.encode()))
         if not ok or pairing is None:
-            state.failed(client)
+            await _pause(state.failures.record(client))
             raise ApiError(401, "this pairing code is wrong, used or expired; run "
                                 "`dupecheck serve --qr` again")
         pairing.used = True
         name = "paired-" + time.strftime("%Y%m%d-%H%M%S")
         return JSONResponse({"token": state.tokens.create(name), "name": name})
 
-    return SecurityHeaders(BodyLimit(app, max_upload_bytes))
+    return SecurityHeaders(Gate(BodyLimit(app, max_upload_bytes), state, hosts))
 
 
 def _thumbnail(index: Index, row: int) -> bytes | None:
@@ -415,3 +551,26 @@ def _thumbnail(index: Index, row: int) -> bytes | None:
     img.save(buf, "JPEG", quality=80)
     return buf.getvalue()
 
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the service on this computer."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def server_config(app: Any, host: str, port: int,
+                  trusted_proxies: list[str] | None = None) -> Any:
+    """uvicorn's settings for `serve`: X-Forwarded-For and -Proto are believed only from
+    the proxies named (uvicorn believes them from loopback by default, and a client
+    behind a proxy on loopback could then be anyone it claims)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning",
+                          proxy_headers=bool(trusted_proxies),
+                          forwarded_allow_ips=list(trusted_proxies or []),
+                          server_header=False)

@@ -75,7 +75,8 @@ def serve(
     index_dir: IndexDir,
     host: Annotated[str, typer.Option("--host", help="Address to bind; loopback by default "
                                       "(reach it from the phone through `tailscale serve` "
-                                      "or a TLS reverse proxy).")] = "127.0.0.1",
+                                      "or a TLS reverse proxy). Any other address needs "
+                                      "--insecure-http.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8765,
     model: ModelName = None,
     weights: WeightsPath = None,
@@ -84,20 +85,49 @@ def serve(
     qr: Annotated[bool, typer.Option("--qr", help="Print a QR code that pairs a phone "
                                      "(single-use, for ten minutes).")] = False,
     public_url: Annotated[str | None, typer.Option(
-        "--public-url", help="The address the phone uses (e.g. your `tailscale serve` "
-        "https URL), for the QR code.")] = None,
+        "--public-url", help="The https address the phone uses (e.g. your `tailscale "
+        "serve` URL), for the QR code; its host name is answered.")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="Another host name to answer (repeatable). IP addresses, "
+        "localhost and *.ts.net are always answered; any other name is refused, so that a "
+        "web page cannot reach the service by DNS rebinding.")] = None,
+    trust_proxy: Annotated[list[str] | None, typer.Option(
+        "--trust-proxy", help="The address of a reverse proxy whose X-Forwarded-For is "
+        "believed (repeatable); by default it is not, from anyone.")] = None,
+    insecure_http: Annotated[bool, typer.Option(
+        "--insecure-http", help="Allow plain HTTP beyond this computer (a non-loopback "
+        "--host, or an http:// --public-url): tokens and photos then cross the network "
+        "unencrypted.")] = False,
     config: ConfigDir = None,
 ) -> None:
     """A private service for checking from the phone: the page at /, the API at /api."""
+    from urllib.parse import urlsplit
+
     import uvicorn
     from rich.markup import escape
 
     from ..engines.base import choose_engine
     from ..precision import engine_for
-    from ..service import Pairing, ServiceState, create_app
+    from ..service import Pairing, ServiceState, create_app, is_loopback, server_config
     from ..store import open_index
     from ..tokens import TokenStore
 
+    if not is_loopback(host) and not insecure_http:
+        raise UsageError(f"--host {host} serves plain HTTP to the network; keep the "
+                         "default 127.0.0.1 behind `tailscale serve` or a TLS proxy, or "
+                         "add --insecure-http if you mean it")
+    url = urlsplit(public_url) if public_url else None
+    if url is not None and (url.scheme not in ("http", "https") or not url.hostname):
+        raise UsageError(f"--public-url {public_url}: give an address like "
+                         "https://box.tailnet.ts.net")
+    if (url is not None and url.scheme == "http" and not is_loopback(url.hostname or "")
+            and not insecure_http):
+        raise UsageError(f"--public-url {public_url} is plain HTTP: use the https address "
+                         "of `tailscale serve` or your TLS proxy, or add --insecure-http")
+    wildcard = host in ("0.0.0.0", "::", "[::]")
+    if qr and wildcard and url is None:
+        raise UsageError(f"--qr with --host {host}: the phone cannot open {host}; give the "
+                         "address it can reach with --public-url")
     tokens = TokenStore(config)
     if not tokens and not qr:
         raise UsageError("no API token exists: create one with `dupecheck token create "
@@ -119,7 +149,12 @@ def serve(
         link = f"{base}/#pair={state.pairing.code}"
         segno.make(link, error="m").terminal(compact=True)
         err.print(f"scan to pair a phone (works once, for ten minutes): {escape(link)}")
+    if insecure_http and (not is_loopback(host) or (url is not None and url.scheme == "http")):
+        err.print("[yellow]warning: plain HTTP beyond this computer: anyone on the network "
+                  "path can read tokens and photos[/yellow]")
     err.print(f"dupecheck serving {len(index)} photos at {escape(base)}/ "
               f"(API schema at {escape(base)}/openapi.json)")
-    uvicorn.run(create_app(state, max_upload_mb * 1024 * 1024), host=host, port=port,
-                log_level="warning")
+    hosts = [*(allow_host or []), *([url.hostname] if url is not None and url.hostname else []),
+             *([] if wildcard else [host])]
+    app = create_app(state, max_upload_mb * 1024 * 1024, hosts)
+    uvicorn.Server(server_config(app, host, port, trust_proxy)).run()
