@@ -1,13 +1,20 @@
 """Load test of `dupecheck serve`, loopback only, bounded in time; prints a table, writes JSON.
 
     python scripts/load_serve.py [--photos ../shared/data/photos] [--clients 8]
-                                 [--seconds 60] [--out load-serve.json]
+                                 [--seconds 60] [--hostile-seconds 30] [--out load-serve.json]
 
 Side by side in one run, for one 8 MP JPEG (a camera photo upscaled to 3264 x 2448):
 a cold `dupecheck check` in a fresh process (median of 5), a warm check through the
 service with one client (median of 10), and 8 concurrent clients for 60 s (p50, p99,
 errors, requests), with the server's peak RSS. Index: the photos as an export holds
 them, ResNet-50 with random weights on ONNX Runtime (speed does not depend on them).
+
+Then, on a fresh server: 8 concurrent worst-case uploads with a valid token (PNGs just
+under the service's pixel limit whose decode takes the most memory: 8-bit RGBA and
+16-bit grey), the server's peak RSS after them; and a hostile mix beside the valid
+clients' checks (wrong tokens with 60 MB bodies, wrong tokens under spoofed
+X-Forwarded-For, uploads over the size limit, decompression bombs, a foreign Host): every
+valid check must succeed, and the table says how each hostile request was answered.
 """
 
 from __future__ import annotations
@@ -59,6 +66,135 @@ def vmhwm_mb(pid: int) -> int:
     return -1
 
 
+def wait_healthy(url: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+def worst_case_pngs() -> dict[str, bytes]:
+    """PNGs just under the service's pixel limit whose decode takes the most memory."""
+    import numpy as np
+    from PIL import Image
+
+    from dupecheck.service import SERVICE_MAX_PIXELS
+
+    side = int(SERVICE_MAX_PIXELS ** 0.5) - 1
+    ramp = (np.arange(side, dtype=np.uint32)[None, :] * 7 + np.arange(side)[:, None] * 3)
+    out = {}
+    for name, img in (("rgba-8bit.png", Image.fromarray(
+                          np.dstack([(ramp % 251).astype(np.uint8)] * 3
+                                    + [(ramp % 256).astype(np.uint8)]), "RGBA")),
+                      ("grey-16bit.png", Image.fromarray((ramp % 65521).astype(np.uint16)))):
+        buf = io.BytesIO()
+        img.save(buf, "PNG", compress_level=1)
+        out[name] = buf.getvalue()
+    return out
+
+
+def hostile_phase(url: str, token: str, photo: bytes, pid: int, clients: int,
+                  seconds: float) -> dict:
+    """8 concurrent worst-case uploads (peak RSS), then valid checks beside a hostile mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"}
+    pngs = worst_case_pngs()
+
+    def upload(name: str, data: bytes, hdrs: dict[str, str]) -> int:
+        try:
+            return httpx.post(url + "/api/check", headers=hdrs, timeout=300,
+                              files={"photo": (name, data, "image/png")}).status_code
+        except httpx.HTTPError:
+            return 0  # the server answered and closed before the body was sent
+
+    names = [list(pngs)[n % len(pngs)] for n in range(8)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        worst = list(pool.map(lambda n: upload(n, pngs[n], headers), names))
+    worst_s = time.perf_counter() - start
+    worst_peak = vmhwm_mb(pid)
+    sizes = ", ".join(f"{n} {len(d) // 1024} KB" for n, d in pngs.items())
+    print(f"\n8 concurrent worst-case uploads ({sizes}): statuses {sorted(worst)}, "
+          f"{worst_s:.1f} s, server peak RSS {worst_peak} MB")
+
+    big = os.urandom(60 * 1024 * 1024)
+    bomb = worst_case_bomb()
+    wrong = {"Authorization": "Bearer dc_no"}
+    over = big + big[:10 * 1024 * 1024]
+    hostile = {
+        "wrong token, 60 MB body": lambda n: upload("x.jpg", big, wrong),
+        "wrong token, spoofed X-Forwarded-For": lambda n: upload(
+            "x.jpg", photo, {**wrong, "X-Forwarded-For": f"10.0.{n % 250}.1"}),
+        "valid token, 70 MB body": lambda n: upload("x.jpg", over, headers),
+        "valid token, decompression bomb": lambda n: upload("bomb.png", bomb, headers),
+        "foreign Host (DNS rebinding)": lambda n: httpx.get(
+            url + "/api/health", headers={"Host": "evil.example"}, timeout=60).status_code,
+    }
+    answers: dict[str, dict[int, int]] = {k: {} for k in hostile}
+    valid: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def valid_client() -> None:
+        with httpx.Client() as client:
+            while time.monotonic() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    status = client.post(url + "/api/check", headers=headers, timeout=120,
+                                         files={"photo": ("IMG.jpg", photo, "image/jpeg")}
+                                         ).status_code
+                except httpx.HTTPError:
+                    status = 0
+                with lock:
+                    valid.append((time.perf_counter() - t0, status))
+
+    def attacker(kind: str) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            status = hostile[kind](n)
+            n += 1
+            with lock:
+                answers[kind][status] = answers[kind].get(status, 0) + 1
+
+    threads = [threading.Thread(target=valid_client) for _ in range(clients)]
+    threads += [threading.Thread(target=attacker, args=(k,)) for k in hostile]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = sum(1 for _, s in valid if s == 200)
+    slowest = max((t for t, _ in valid), default=0.0)
+    table(f"hostile mix for {seconds:.0f} s beside {clients} valid clients",
+          ["requests", "answers (status: count)"],
+          [[k, ", ".join(f"{s}: {c}" for s, c in sorted(v.items()))] for k, v in answers.items()]
+          + [["valid checks", f"{ok} of {len(valid)} answered 200, slowest {slowest:.2f} s"]])
+    return {"worst_case_uploads": {"pngs": {n: len(d) for n, d in pngs.items()},
+                                   "statuses": worst, "seconds": worst_s,
+                                   "server_peak_rss_mb": worst_peak},
+            "hostile": {"seconds": seconds, "answers": answers,
+                        "valid_checks": len(valid), "valid_ok": ok,
+                        "valid_slowest_s": slowest,
+                        "server_peak_rss_mb": vmhwm_mb(pid)}}
+
+
+def worst_case_bomb() -> bytes:
+    """A 16-bit greyscale PNG of 10900 x 10900 in ~230 KB (the one in issue #26)."""
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((10900, 10900), np.uint16)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def main() -> int:
     import httpx
 
@@ -66,6 +202,7 @@ def main() -> int:
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/photos")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--hostile-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=REPO / "load-serve.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dupecheck-load-"))
@@ -96,13 +233,7 @@ def main() -> int:
         server = subprocess.Popen([*dupecheck, "serve", "--port", str(port), "--engine", "onnx"],
                                   env=env, stderr=subprocess.PIPE, text=True)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_healthy(url)
         data = photo.read_bytes()
         headers = {"Authorization": f"Bearer {token}"}
 
@@ -158,6 +289,13 @@ def main() -> int:
                 f"{doc['p50_s']:.2f}"],
                [f"{args.clients} clients: p99", f"{doc['p99_s']:.2f}"]])
         print(f"   {len(latencies)} requests, {errors} errors, server peak RSS {peak} MB")
+        server.terminate()
+        server.wait(10)
+        server = subprocess.Popen([*dupecheck, "serve", "--port", str(port), "--engine",
+                                   "onnx"], env=env, stderr=subprocess.PIPE, text=True)
+        wait_healthy(url)
+        doc.update(hostile_phase(url, token, data, server.pid, args.clients,
+                                 args.hostile_seconds))
         args.out.write_text(json.dumps(doc, indent=2))
         print(f"\nwrote {args.out}")
     finally:
