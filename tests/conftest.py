@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 import tiny_engine  # registers the tiny-test model
-from helpers import CHROMEDRIVER, CHROMIUM, ORIENTATION, PHOTOS, SHARED, jpeg_bytes, synthetic_photo
+from helpers import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    ORIENTATION,
+    PHOTOS,
+    SHARED,
+    SHARED_PHOTOS,
+    jpeg_bytes,
+    synthetic_photo,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -26,17 +35,22 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
 
 
 @pytest.fixture
-def shared_photos() -> Path:
-    if not PHOTOS.is_dir():
-        pytest.skip("../shared/data/photos is not beside the checkout")
+def real_photos() -> Path:
+    """The compact set of real camera and phone photos in tests/photos/camera."""
     return PHOTOS
 
 
 @pytest.fixture
 def orientation_dir() -> Path:
-    if not ORIENTATION.is_dir():
-        pytest.skip("../shared/data/orientation is not beside the checkout")
     return ORIENTATION
+
+
+@pytest.fixture
+def shared_photos() -> Path:
+    """../shared's 87 photos: the held-back parts and the claims made of all 87."""
+    if not SHARED_PHOTOS.is_dir():
+        pytest.skip("../shared/data/photos is not beside the checkout")
+    return SHARED_PHOTOS
 
 
 @pytest.fixture

@@ -154,9 +154,9 @@ def test_a_newer_export_replaces_the_added_photos_it_holds_and_keeps_the_others(
     assert again["added_kept"] == [str(not_held.resolve())] and again["embedded"] == 0
 
 
-def test_a_re_framed_added_photo_is_replaced_by_the_export(shared_photos, tmp_path,
+def test_a_re_framed_added_photo_is_replaced_by_the_export(real_photos, tmp_path,
                                                           tiny_weights):
-    source = shared_photos / "jpg__Canon_EOS_30D_(4).jpg"
+    source = real_photos / "jpg__Canon_EOS_30D_(4).jpg"
     export = tmp_path / "export"
     export.mkdir()
     (export / "a.jpg").write_bytes(jpeg_bytes(synthetic_photo(1)))

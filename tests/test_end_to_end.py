@@ -39,13 +39,13 @@ def env(tmp_path, resnet50_weights):
             "DUPECHECK_WEIGHTS": str(resnet50_weights)}
 
 
-def test_originals_are_found_in_an_instagram_export(tmp_path, shared_photos, env):
+def test_originals_are_found_in_an_instagram_export(tmp_path, real_photos, env):
     meta = LAYOUT_DIRS["D"]
     files: dict[str, object] = {}
     entries = []
     for n, name in enumerate(POSTED):
         uri = f"media/posts/202405/{n}_n.jpg"
-        files[uri] = instagramify((shared_photos / name).read_bytes())
+        files[uri] = instagramify((real_photos / name).read_bytes())
         entries.append(post(uri, 1715000000 + n, f"post {n}"))
     files[f"instagram-jane/{meta}/posts_1.json"] = entries
     files = {k if k.startswith("instagram-jane/") else f"instagram-jane/{k}": v
@@ -56,7 +56,7 @@ def test_originals_are_found_in_an_instagram_export(tmp_path, shared_photos, env
     assert indexed.returncode == 0, indexed.stderr
     assert json.loads(indexed.stdout)["photos"] == len(POSTED)
 
-    originals = [str(shared_photos / name) for name in POSTED]
+    originals = [str(real_photos / name) for name in POSTED]
     checked = dupecheck("check", *originals, "--threshold", "1.0", "--json", env=env)
     assert checked.returncode == 1, checked.stderr
     doc = json.loads(checked.stdout)
@@ -69,7 +69,7 @@ def test_originals_are_found_in_an_instagram_export(tmp_path, shared_photos, env
     portrait = doc["results"][1]["matches"][0]
     assert portrait["variant"] == "4:5"  # found through Instagram's crop
 
-    fresh = dupecheck("check", str(shared_photos / NOT_POSTED), "--threshold", "1.0",
+    fresh = dupecheck("check", str(real_photos / NOT_POSTED), "--threshold", "1.0",
                       "--quiet", env=env)
     assert (fresh.returncode, fresh.stdout) == (0, "")
 

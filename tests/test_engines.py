@@ -298,7 +298,7 @@ def test_auto_engine_is_onnx_without_an_accelerator(monkeypatch):
         base.choose_engine("tensorrt")
 
 
-def test_draft_decoding_stays_close_to_the_reference_on_real_photos(shared_photos):
+def test_draft_decoding_stays_close_to_the_reference_on_real_photos(real_photos):
     """The bound we state: decoded in full, our preprocessing equals torchvision's
     (< 1e-5); with the draft decode the index uses (JPEG's, or a whole-factor reduce
     for HEIC and other formats), the mean absolute pixel
@@ -316,7 +316,7 @@ def test_draft_decoding_stays_close_to_the_reference_on_real_photos(shared_photo
     ref = ResNet50_Weights.IMAGENET1K_V2.transforms()
     std = np.array(spec.std, np.float32)[:, None, None]
     means = []
-    paths = sorted(shared_photos.glob("jpg__*"))[:20] + sorted(shared_photos.glob("heic__*"))
+    paths = sorted(real_photos.glob("jpg__*"))[:20] + sorted(real_photos.glob("heic__*"))
     for path in paths:
         data = path.read_bytes()
         reference = ref(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).numpy()

@@ -300,8 +300,8 @@ def test_model_input_matches_manual_computation(photo):
     assert np.abs(arr - ref).max() < 1e-5
 
 
-def test_heic_from_a_phone_decodes(shared_photos):
-    data = (shared_photos / "heic__IMG_2927.HEIC").read_bytes()
+def test_heic_from_a_phone_decodes(real_photos):
+    data = (real_photos / "heic__IMG_2927.HEIC").read_bytes()
     full = decode(data, "IMG_2927.HEIC").image
     decoded = decode(data, "IMG_2927.HEIC", draft=512).image
     assert decoded.mode == "RGB" and full.size == (3024, 4032)

@@ -39,10 +39,7 @@ def load(data: bytes) -> Image.Image:
 def real_photo() -> Image.Image:
     from helpers import PHOTOS
 
-    path = PHOTOS / "jpg__Canon_EOS_30D_(4).jpg"
-    if not path.is_file():
-        pytest.skip("../shared/data/photos is not beside the checkout")
-    return load(path.read_bytes())
+    return load((PHOTOS / "jpg__Canon_EOS_30D_(4).jpg").read_bytes())
 
 
 def test_extraction_keeps_the_strongest_features_as_bytes(real_photo):
@@ -147,9 +144,9 @@ def test_what_fools_local_features_is_never_re_framed(make):
                 assert not lf.verify(a, b).reframed, (make.__name__, i, j)
 
 
-def test_different_real_photos_are_never_re_framed(shared_photos):
+def test_different_real_photos_are_never_re_framed(real_photos):
     """Every pair of 24 real photos (some are other shots of one scene): no false match."""
-    paths = sorted(shared_photos.iterdir())[:48:2]
+    paths = sorted(real_photos.iterdir())[:48:2]
     feats = [lf.extract(decode(p.read_bytes(), p.name, draft=1024).image) for p in paths]
     worst = 0
     for i, a in enumerate(feats):
@@ -270,10 +267,10 @@ def _votes_one_by_one(shortlist, features, limit, exclude):
     return [row for row, count in ranked[:limit] if count >= 2]
 
 
-def test_votes_for_many_photos_at_once_are_each_the_same_as_alone(shared_photos):
+def test_votes_for_many_photos_at_once_are_each_the_same_as_alone(real_photos):
     """`dupes` votes for many rows in one FAISS search: each answer must be the plain
     tally's, and the same as its own search."""
-    photos = sorted(shared_photos.glob("jpg__*"))[:24]
+    photos = sorted(real_photos.glob("jpg__*"))[:24]
     feats = [lf.extract(load(p.read_bytes())) for p in photos]
     desc, _points, meta = lf.pack(feats)
     shortlist = lf.Shortlist.open(lambda: desc, meta, None)
@@ -348,8 +345,8 @@ def _posted_index(tmp_path, posted, name="{:03d}.jpg"):
     return open_index(tmp_path / "idx"), weights
 
 
-def _reframed_run(shared_photos, tmp_path, part: str):
-    posted, never, seed = reedit_split(list(shared_photos.iterdir()), part)
+def _reframed_run(photos, tmp_path, part: str):
+    posted, never, seed = reedit_split(list(photos.iterdir()), part)
     index, weights = _posted_index(tmp_path, posted)
     assert index.local is not None
     cases = reedit_cases(posted, never, seed)
@@ -371,7 +368,7 @@ def _reframed_run(shared_photos, tmp_path, part: str):
     return found, missed, false, len(never)
 
 
-def test_re_edits_of_the_held_back_photos_are_found_and_never_posted_ones_are_not(
+def test_re_edits_of_the_shared_photos_are_found_and_never_posted_ones_are_not(
         shared_photos, tmp_path):
     """The issue's target on the part never tuned on: >= 97% of 200 re-edits (off-centre
     crops, straightening, grades, black and white, combinations) found at rank 1 with the
@@ -382,12 +379,12 @@ def test_re_edits_of_the_held_back_photos_are_found_and_never_posted_ones_are_no
     assert false == 0
 
 
-def test_edges_of_the_shortlist_and_the_rule_on_an_old_archive(shared_photos, tmp_path):
+def test_edges_of_the_shortlist_and_the_rule_on_an_old_archive(real_photos, tmp_path):
     """Re-framed is stronger than similar, weaker than near-identical: ranking puts it
     between them; an index without local features still checks, without it."""
     from dupecheck.store import write_index
 
-    posted = sorted(shared_photos.iterdir())[:3]
+    posted = sorted(real_photos.iterdir())[:3]
     index, weights = _posted_index(tmp_path, posted, "{}.jpg")
     original = load(posted[1].read_bytes())
     w, h = original.size

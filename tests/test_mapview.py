@@ -155,13 +155,13 @@ def test_page_opens_in_chromium_shows_every_photo_and_captions_as_text(cli, mapp
     assert errors == []
 
 
-def test_reframed_re_edits_are_joined_with_the_reframed_pass(cli, tmp_path, shared_photos,
+def test_reframed_re_edits_are_joined_with_the_reframed_pass(cli, tmp_path, real_photos,
                                                              tiny_weights):
     """A re-edit cropped off-centre is found by local features only: a small archive's
     map joins it (dupes' re-framed pass runs by default up to 2,000 photos), and
     `--no-reframed` leaves it out."""
     names = ("jpg__Canon_EOS_30D_(4).jpg", "jpg__Nikon_D100.jpg", "jpg__Kodak_DX6490.jpg")
-    originals = [Image.open(shared_photos / n).convert("RGB") for n in names]
+    originals = [Image.open(real_photos / n).convert("RGB") for n in names]
     w, h = originals[0].size
     crop = originals[0].crop((int(w * 0.25), int(h * 0.05), int(w * 0.95), int(h * 0.8)))
     files = {f"media/posts/1/{i}.jpg": jpeg_bytes(img) for i, img in enumerate(originals)}

@@ -35,7 +35,7 @@ pytestmark = needs_chromium
 @pytest.fixture
 def server(tmp_path, tiny_weights):
     real = PHOTOS / "jpg__Canon_EOS_30D_(4).jpg"
-    original = real.read_bytes() if real.is_file() else jpeg_bytes(synthetic_photo(3, (900, 700)))
+    original = real.read_bytes()
     export = write_tree(tmp_path / "export", {
         f"{LAYOUT_DIRS['D']}/posts_1.json": [
             post("media/posts/1/posted.jpg", 1700000000, "Weekend walk <b>bold</b>"),

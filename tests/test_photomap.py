@@ -29,14 +29,14 @@ PLANTED = ("jpg__Canon_EOS_30D_(4).jpg", "jpg__Nikon_D100.jpg", "jpg__Apple_iPho
 
 
 @pytest.fixture
-def planted_index(tmp_path, shared_photos, tiny_weights, cli):
+def planted_index(tmp_path, real_photos, tiny_weights, cli):
     """Four real photos, six versions of each (original and five re-edits), in one
     plain folder indexed with the tiny test model."""
     folder = tmp_path / "photos"
     folder.mkdir()
     groups = []
     for g, name in enumerate(PLANTED):
-        img = ImageOps.exif_transpose(Image.open(shared_photos / name)).convert("RGB")
+        img = ImageOps.exif_transpose(Image.open(real_photos / name)).convert("RGB")
         img.thumbnail((640, 640))
         names = []
         for k, copy in enumerate(edited_copies(img)):

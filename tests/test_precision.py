@@ -42,11 +42,11 @@ def test_gate_passes_only_a_faithful_model():
 
 
 @pytest.fixture
-def photo_folder(tmp_path, shared_photos):
+def photo_folder(tmp_path, real_photos):
     """20 real photos, as a plain folder (an archive of the simplest layout)."""
     folder = tmp_path / "photos"
     folder.mkdir()
-    for path in sorted(shared_photos.glob("jpg__*"))[:20]:
+    for path in sorted(real_photos.glob("jpg__*"))[:20]:
         img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
         img.thumbnail((640, 640))
         img.save(folder / path.name, quality=90)

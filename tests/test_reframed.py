@@ -50,11 +50,11 @@ def recrop(data: bytes, box=(0.30, 0.20, 0.92, 0.88), turn: float = 3.0) -> byte
 
 
 @pytest.fixture
-def export(shared_photos, tmp_path):
+def export(real_photos, tmp_path):
     folder = tmp_path / "export"
     folder.mkdir()
     for i, name in enumerate(SOURCES):
-        (folder / f"{i}.jpg").write_bytes(instagramify((shared_photos / name).read_bytes()))
+        (folder / f"{i}.jpg").write_bytes(instagramify((real_photos / name).read_bytes()))
     return folder
 
 
@@ -65,9 +65,9 @@ def indexed(export, tmp_path, tiny_weights):
 
 
 @pytest.fixture
-def candidate(shared_photos, tmp_path):
+def candidate(real_photos, tmp_path):
     path = tmp_path / "walk-recropped.jpg"
-    path.write_bytes(recrop((shared_photos / SOURCES[0]).read_bytes()))
+    path.write_bytes(recrop((real_photos / SOURCES[0]).read_bytes()))
     return path
 
 
@@ -98,10 +98,10 @@ def test_check_json_gains_inliers_and_transform_and_exits_1(indexed, candidate, 
     assert "re-framed" in text.stdout and "inliers" in text.stdout
 
 
-def test_compare_reports_inliers_and_transform(candidate, shared_photos, tmp_path):
+def test_compare_reports_inliers_and_transform(candidate, real_photos, tmp_path):
     posted = tmp_path / "posted.jpg"
-    posted.write_bytes(instagramify((shared_photos / SOURCES[0]).read_bytes()))
-    other = shared_photos / SOURCES[1]
+    posted.write_bytes(instagramify((real_photos / SOURCES[0]).read_bytes()))
+    other = real_photos / SOURCES[1]
     weights = tiny_engine.write_weights(tmp_path / "t.npy")
     same = runner.invoke(app, ["compare", str(candidate), str(posted), "--model", TINY.name,
                                "--weights", str(weights), "-t", "1.0", "--json"])
@@ -119,9 +119,9 @@ def test_compare_reports_inliers_and_transform(candidate, shared_photos, tmp_pat
     assert json.loads(differ.stdout)["transform"] is None
 
 
-def test_dupes_finds_a_re_framed_pair_inside_the_archive(export, shared_photos, tmp_path,
+def test_dupes_finds_a_re_framed_pair_inside_the_archive(export, real_photos, tmp_path,
                                                           tiny_weights):
-    (export / "9-recropped.jpg").write_bytes(recrop((shared_photos / SOURCES[2]).read_bytes(),
+    (export / "9-recropped.jpg").write_bytes(recrop((real_photos / SOURCES[2]).read_bytes(),
                                                     (0.05, 0.25, 0.75, 0.95), -2.0))
     build_index([export], tmp_path / "idx", TINY, tiny_weights)
     groups = find_duplicates(open_index(tmp_path / "idx"), TINY.name, 1.0)

@@ -455,12 +455,12 @@ def test_serve_refuses_to_start_without_a_token(served):
     assert r.exit_code == 2 and "token create" in r.stderr
 
 
-def test_what_the_phone_shortcuts_send_and_read(served, shared_photos):
+def test_what_the_phone_shortcuts_send_and_read(served, real_photos):
     """README's recipes: iOS Shortcuts and Android's HTTP Shortcuts send one multipart
     field `photo` (a HEIC straight from the camera roll) with the bearer header, and read
     results -> 1 -> verdict (and matches -> 1 -> taken_at)."""
     client, token, *_ = served
-    heic = (shared_photos / "heic__IMG_2927.HEIC").read_bytes()
+    heic = (real_photos / "heic__IMG_2927.HEIC").read_bytes()
     r = client.post("/api/check", headers={"Authorization": f"Bearer {token}"},
                     files={"photo": ("IMG_2927.HEIC", heic, "image/heic")})
     assert r.status_code == 200
