@@ -237,3 +237,25 @@ def test_a_changed_copy_of_an_added_photo_is_never_used(indexed, tmp_path):
     assert stored_copy(indexed, sha) == new.read_bytes()
     (indexed / "added" / sha).write_bytes(b"\xff\xd8\xff" + b"\x00" * 100)
     assert stored_copy(indexed, sha) is None
+
+
+def test_an_added_photo_whose_copy_is_gone_stays_found_when_the_index_must_take_it_again(
+        indexed, tmp_path, tiny_weights, monkeypatch):
+    """Local features of a new extraction must be taken again from every photo; an added
+    photo's copy in added/ is damaged: the photo stays (a line says so), and `check` still
+    finds it exact, not new."""
+    from dupecheck import store
+    from dupecheck.evidence import sha256_bytes
+
+    new = photo(tmp_path, "kept.jpg", 97)
+    assert invoke("add", str(new), "--index", str(indexed)).exit_code == 0
+    sha = sha256_bytes(new.read_bytes())
+    (indexed / "added" / sha).write_bytes(b"\xff\xd8\xff" + b"\x00" * 100)
+    monkeypatch.setattr(store, "LOCAL_VERSION", store.LOCAL_VERSION + 1)
+    result = invoke("index", str(tmp_path / "export"), "--index", str(indexed), "--model",
+                    TINY.name, "--weights", str(tiny_weights))
+    assert "kept.jpg" in result.output and "stays in the index" in result.output, result.output
+    index = open_index(indexed)
+    assert index.local is not None and sha in [p.sha256 for p in index.photos]
+    result, doc = check_json(indexed, new)
+    assert result.exit_code == 1 and doc["results"][0]["verdict"] == "exact"

@@ -74,6 +74,9 @@ class IndexSummary:
     archives: list[str] = field(default_factory=list)
     added_replaced: int = 0  # photos added since an export, now held by this export
     added_kept: list[str] = field(default_factory=list)  # added photos it does not hold
+    # added photos to take again whose copy in added/ is gone or changed: kept, by their
+    # SHA-256 and PDQ hash only
+    added_without_copy: list[str] = field(default_factory=list)
     precision: str = "fp32"  # what the embeddings were made with
     int8_fidelity: dict[str, object] | None = None  # the gate's figures, when it ran
     precision_note: str | None = None  # why int8 was asked for and fp32 used
@@ -237,6 +240,17 @@ def build_index(
                 raise ArchiveError("the copy dupecheck kept of this added photo is gone",
                                    record.path)
             return data
+
+        # An added photo whose copy is gone or changed is never dropped: `exact` (its
+        # SHA-256) and PDQ still find it; what cannot be taken again is left empty (a zero
+        # embedding row scores 0; no local features), and the summary says so.
+        for p in added:
+            if p.sha256 in needed and stored_copy(index_dir, p.sha256) is None:
+                del needed[p.sha256]
+                known_emb.setdefault(p.sha256, np.zeros(spec.dim, np.float32))
+                if local_features:
+                    known_local.setdefault(p.sha256, empty_features())
+                summary.added_without_copy.append(p.path)
 
         # 3. Decode and embed what is new, batch by batch; each finished batch is staged.
         failed = _embed_new(read, needed, spec, weights, staging, loader, known_pdq,

@@ -100,6 +100,12 @@ def index(
     for line in summary.errors:
         err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False, markup=True,
                   soft_wrap=True)
+    from rich.markup import escape
+
+    for path in summary.added_without_copy:
+        err.print(f"[yellow]kept:[/yellow] {escape(path)}: its copy in added/ is gone or "
+                  "changed; the photo stays in the index, found by its exact bytes and PDQ "
+                  "hash (add it again to embed it)", highlight=False, soft_wrap=True)
     if json_out:
         out.print_json(data=report.index_document(summary))
     elif not quiet:
