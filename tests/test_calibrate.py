@@ -140,3 +140,29 @@ def test_not_a_match_is_remembered_by_content(indexed, tmp_path):
     assert after.exit_code == 0, after.output
     result = json.loads(after.stdout)["results"][0]
     assert result["verdict"] == "new" and result["skipped"] == ["media/posts/9/moved.jpg"]
+
+
+def test_a_changed_not_matches_file_is_refused_and_an_old_one_is_read_once(indexed, tmp_path):
+    """An edit by anything but dupecheck (here: a pair for a posted photo written in) must
+    not turn a posted photo `new`: check stops, naming the file (exit 3)."""
+    from dupecheck.evidence import sha256_bytes
+    from dupecheck.store import NOT_MATCHES_FILE, NotMatches
+
+    src = tmp_path / "export/media/posts/1/2.jpg"
+    base = ["check", str(src), "--index", str(indexed), "-t", "1.0", "--json", "--quiet"]
+    assert runner.invoke(app, base).exit_code == 1
+    path = indexed / NOT_MATCHES_FILE
+    index_sha = {p.path: p.sha256 for p in open_index(indexed).photos}["media/posts/1/2.jpg"]
+    candidate_sha = sha256_bytes(src.read_bytes())
+    NotMatches(indexed).add("0" * 64, {"1" * 64})  # a genuine mark of another pair
+    doc = json.loads(path.read_text())
+    doc["pairs"][candidate_sha] = [index_sha]  # written in by hand
+    path.write_text(json.dumps(doc))
+    r = runner.invoke(app, base)
+    assert r.exit_code == 3 and NOT_MATCHES_FILE in r.stderr and "changed" in r.stderr
+    # A file written before the checksum (1.x): read, and rewritten with it.
+    path.write_text(json.dumps({candidate_sha: [index_sha]}))
+    r = runner.invoke(app, base)
+    assert r.exit_code == 0 and json.loads(r.stdout)["results"][0]["verdict"] == "new"
+    assert json.loads(path.read_text())["version"] == NotMatches.VERSION
+    assert NotMatches(indexed).load() == {candidate_sha: {index_sha}}

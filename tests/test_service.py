@@ -156,6 +156,20 @@ def test_check_answers_exactly_what_check_json_says(served):
     assert doc["results"][0]["verdict"] == "exact"
 
 
+def test_pairs_marked_not_a_match_are_skipped_by_the_service_as_by_the_cli(served):
+    client, token, state, export, _ = served
+    photo = export / "media/posts/1/2.jpg"
+    args = ["check", str(photo), "--index", str(state.index_dir), "-t", "1.0", "--json"]
+    marked = runner.invoke(cli_app, [*args, "--not", "media/posts/1/2.jpg"])
+    assert marked.exit_code == 0, marked.output
+    cli_doc = json.loads(marked.stdout)
+    r = client.post("/api/check", headers=auth(token), data={"threshold": "1.0"},
+                    files=[upload(str(photo), photo.read_bytes())])
+    doc = r.json()
+    assert doc["results"][0]["verdict"] == cli_doc["results"][0]["verdict"] == "new"
+    assert doc["results"][0]["skipped"] == ["media/posts/1/2.jpg"]
+
+
 def test_several_photos_top_k_and_threshold(served):
     client, token, _, export, _ = served
     files = [upload("a.jpg", (export / "media/posts/1/1.jpg").read_bytes()),

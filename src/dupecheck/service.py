@@ -40,7 +40,7 @@ from .defaults import DEFAULT_TOP_K
 from .engines import Engine, ModelSpec
 from .errors import DupecheckError
 from .search import Searcher, Upload, check_photos, effective_threshold
-from .store import CURRENT_FILE, Index, open_index
+from .store import CURRENT_FILE, Index, NotMatches, open_index
 from .tokens import TokenStore
 
 MAX_PHOTOS = 20  # per request
@@ -471,7 +471,8 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         def run() -> dict[str, Any]:
             index, _ = state.index()
             thr = state.threshold(threshold)
-            results = check_photos(list(items), index, state.spec, state.engine, thr, top_k)
+            results = check_photos(list(items), index, state.spec, state.engine, thr, top_k,
+                                   NotMatches(state.index_dir).load())
             if all(r.error for r in results):
                 raise ApiError(400, "; ".join(r.error or "" for r in results))
             return report.check_document(state.spec.name, thr, results)

@@ -814,33 +814,58 @@ class Staging:
 class NotMatches:
     """Pairs the person said are not re-posts: candidate content -> archive photos' content.
 
-    Keyed by SHA-256 on both sides, so a verdict survives renames and re-indexing.
+    Keyed by SHA-256 on both sides, so a verdict survives renames and re-indexing. The
+    file lives beside the generations (it outlives them) and carries the SHA-256 of its
+    own pairs: a file changed by anything but dupecheck is refused, never used (a wrong
+    pair there would turn a posted photo `new`). A file from before that checksum is read
+    once and rewritten with it.
     """
+
+    VERSION = 2
 
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / NOT_MATCHES_FILE
 
+    @staticmethod
+    def _digest(pairs: Mapping[str, Sequence[str]]) -> str:
+        canonical = {k: sorted(v) for k, v in sorted(pairs.items())}
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True,
+                                         separators=(",", ":")).encode()).hexdigest()
+
     def load(self) -> dict[str, set[str]]:
+        forget = "delete it to forget the pairs marked not a match"
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
-            raise IndexUnusable(f"unreadable ({exc}); delete it to forget the pairs marked "
-                                f"not a match", self.path) from exc
-        if not isinstance(doc, dict) or not all(
+        except (OSError, ValueError, RecursionError) as exc:
+            raise IndexUnusable(f"unreadable ({exc}); {forget}", self.path) from exc
+        legacy = isinstance(doc, dict) and "version" not in doc
+        pairs = doc if legacy else (doc.get("pairs") if isinstance(doc, dict) else None)
+        if not isinstance(pairs, dict) or not all(
                 isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
-                for k, v in doc.items()):
-            raise IndexUnusable("malformed; delete it to forget the pairs marked not a match",
-                                self.path)
-        return {k: set(v) for k, v in doc.items()}
+                for k, v in pairs.items()):
+            raise IndexUnusable(f"malformed; {forget}", self.path)
+        if not legacy and (doc.get("version") != self.VERSION
+                           or doc.get("sha256") != self._digest(pairs)):
+            raise IndexUnusable(f"changed outside dupecheck (its checksum does not match its "
+                                f"pairs); {forget}", self.path)
+        result = {k: set(v) for k, v in pairs.items()}
+        if legacy:
+            with contextlib.suppress(OSError):
+                self._write(result)
+        return result
 
     def add(self, candidate_sha256: str, archive_sha256s: set[str]) -> None:
         pairs = self.load()
         pairs.setdefault(candidate_sha256, set()).update(archive_sha256s)
+        self._write(pairs)
+
+    def _write(self, pairs: Mapping[str, set[str]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        doc = {k: sorted(v) for k, v in sorted(pairs.items())}
+        listed = {k: sorted(v) for k, v in sorted(pairs.items())}
+        doc = {"version": self.VERSION, "pairs": listed, "sha256": self._digest(listed)}
         _write_synced(tmp, lambda fh: fh.write(json.dumps(doc, indent=1).encode()))
         os.replace(tmp, self.path)
 
