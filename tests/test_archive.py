@@ -331,9 +331,9 @@ def test_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
             archive.read("media/other/a.jpg", limit=1000)
 
 
-def test_a_member_whose_header_lies_about_its_size_is_still_capped(tmp_path):
-    """The declared size says 100 bytes; the data inflates to 5 MB. The read stops at the
-    cap (or the CRC check refuses it): never 5 MB in memory."""
+def test_a_member_whose_header_lies_about_its_size_is_refused_not_inflated(tmp_path):
+    """The declared size says 100 bytes; the data inflates to 5 MB. zipfile reads no more
+    than the declared size, and the CRC then fails: one error naming the member."""
     import struct
     import zipfile
 
@@ -348,12 +348,21 @@ def test_a_member_whose_header_lies_about_its_size_is_still_capped(tmp_path):
     zpath.write_bytes(bytes(raw))
     with Archive([zpath]) as archive:
         assert archive.files["media/other/a.jpg"].size == 100  # the lie is believed...
-        try:
-            data = archive.read("media/other/a.jpg", limit=1000)
-        except ArchiveError as exc:
-            assert exc.path == "media/other/a.jpg"
-        else:
-            assert len(data) <= 1000  # ...but never more than the cap is read
+        with pytest.raises(ArchiveError, match="unreadable") as info:
+            archive.read("media/other/a.jpg", limit=1000)  # ...and refused, not inflated
+        assert info.value.path == "media/other/a.jpg"
+
+
+def test_a_file_that_grew_after_the_scan_is_read_no_further_than_the_cap(tmp_path):
+    """A folder's file measured small when scanned and 5 MB when read: the read stops at
+    the cap (our own, not a header's) and says so."""
+    src = write_tree(tmp_path / "p", {"a.jpg": b"\xff\xd8\xff" + b"\x00" * 100})
+    with Archive([src]) as archive:
+        [name] = [n for n in archive.files if n.endswith("a.jpg")]
+        assert archive.files[name].size < 1000
+        (src / "a.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 5_000_000)
+        with pytest.raises(ArchiveError, match="over the 1000-byte limit"):
+            archive.read(name, limit=1000)
 
 
 def test_scan_of_path_str(tmp_path: Path, photo_bytes):
