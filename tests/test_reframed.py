@@ -31,7 +31,7 @@ from dupecheck.store import (
     open_index,
     write_index,
 )
-from helpers import instagramify
+from helpers import instagramify, republish
 
 TINY = tiny_engine.TINY
 runner = CliRunner()
@@ -204,13 +204,61 @@ def test_local_features_round_trip_and_a_tampered_block_is_refused_when_read(tmp
         index.local.all_descriptors()
 
 
-def test_a_truncated_local_file_or_forged_counts_are_refused_on_open(tmp_path):
+def test_a_truncated_local_file_is_refused_on_open(tmp_path):
     _write(tmp_path / "idx", 3)
     gen = tmp_path / "idx" / (tmp_path / "idx" / CURRENT_FILE).read_text().split()[0]
     path = gen / LOCAL_DESCRIPTORS_FILE
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(IndexUnusable, match="truncated"):
         open_index(tmp_path / "idx")
+
+
+def test_forged_keypoint_counts_are_refused_even_with_every_checksum_made_to_match(tmp_path):
+    """A forger who rewrites local-meta.npy with counts past the stored width (they would
+    index past each row's descriptors) and re-signs the manifest and CURRENT: refused."""
+    from dupecheck.store import LOCAL_META_FILE
+
+    _write(tmp_path / "idx", 3)
+
+    def forge(gen, manifest):
+        meta = np.load(gen / LOCAL_META_FILE)
+        meta[1, 0] = lf.LOCAL_FEATURES + 1
+        np.save(gen / LOCAL_META_FILE, meta)
+
+    republish(tmp_path / "idx", forge)
+    with pytest.raises(IndexUnusable, match="keypoint counts out of range"):
+        open_index(tmp_path / "idx")
+
+
+def test_a_tampered_faiss_shortlist_is_refused_before_faiss_reads_it(tmp_path, monkeypatch):
+    """FAISS's reader is not made for hostile bytes: the shortlist file is verified by its
+    SHA-256 first, and a changed byte never reaches FAISS."""
+    import faiss
+
+    monkeypatch.setattr(lf, "FLAT_MAX_DESCRIPTORS", 1000)  # a stored IVF-PQ for 40 photos
+    feats, _ = _local(40)
+    desc, points, meta = lf.pack(feats)
+    shortlist = lf.build_shortlist(desc, meta)
+    assert shortlist is not None
+    entry = ModelEntry(TINY.name, TINY.dim, "0" * 64, "/w", TINY.preprocessing)
+    write_index(tmp_path / "idx", _rows(40), np.zeros((40, 32), np.uint8),
+                {TINY.name: (entry, np.eye(40, TINY.dim, dtype=np.float32))}, [],
+                LocalArrays(desc, points, meta, shortlist))
+    assert open_index(tmp_path / "idx").local.shortlist() is not None  # as written: fine
+    gen = tmp_path / "idx" / (tmp_path / "idx" / CURRENT_FILE).read_text().split()[0]
+    path = gen / "local-shortlist.faiss"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+    read: list[str] = []
+    for name in ("read_index", "deserialize_index"):
+        real = getattr(faiss, name)
+        monkeypatch.setattr(faiss, name,
+                            lambda *a, _n=name, _r=real, **k: read.append(_n) or _r(*a, **k))
+    index = open_index(tmp_path / "idx")
+    with pytest.raises(IndexUnusable, match="local-shortlist.faiss"):
+        index.local.shortlist()
+    assert read == []
 
 
 def test_features_of_an_older_extraction_are_never_used_and_re_indexing_renews_them(

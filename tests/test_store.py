@@ -11,7 +11,6 @@ import pytest
 
 from dupecheck.errors import EXIT_UNUSABLE, IndexUnusable
 from dupecheck.store import (
-    CURRENT_FILE,
     SCHEMA_VERSION,
     IndexedPhoto,
     ModelEntry,
@@ -20,6 +19,7 @@ from dupecheck.store import (
     open_index,
     write_index,
 )
+from helpers import generation_dir, republish
 
 
 def rows(n: int) -> list[IndexedPhoto]:
@@ -36,10 +36,6 @@ def write(root, n=5, seed=0, dim=8):
     emb = rng.normal(size=(n, dim)).astype(np.float32)
     pdq = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
     return write_index(root, rows(n), pdq, {"tiny-test": (entry(dim), emb)}, ["/a.zip"]), emb
-
-
-def generation_dir(root):
-    return root / (root / CURRENT_FILE).read_text().split()[0]
 
 
 def test_roundtrip(tmp_path):
@@ -162,25 +158,6 @@ def test_edited_manifest_is_refused(tmp_path):
     manifest.write_text(json.dumps(doc))
     with pytest.raises(IndexUnusable, match="manifest.json does not match"):
         open_index(root)
-
-
-def republish(root, edit) -> None:
-    """Edit a generation's manifest (and its files through `edit`), then make every
-    checksum consistent again, as a careful forger would."""
-    import hashlib
-
-    gen = generation_dir(root)
-    manifest = json.loads((gen / "manifest.json").read_text())
-    edit(gen, manifest)
-    for name in manifest["files"]:
-        manifest["files"][name] = hashlib.sha256((gen / name).read_bytes()).hexdigest()
-    if "blake3" in manifest:
-        from dupecheck.store import _file_blake3
-
-        manifest["blake3"] = {name: _file_blake3(gen / name) for name in manifest["files"]}
-    (gen / "manifest.json").write_text(json.dumps(manifest))
-    sha = hashlib.sha256((gen / "manifest.json").read_bytes()).hexdigest()
-    (root / CURRENT_FILE).write_text(f"{gen.name} {sha}\n")
 
 
 def as_written_by_1_0(gen, manifest) -> None:
