@@ -368,7 +368,7 @@ def _reframed_run(photos, tmp_path, part: str):
     return found, missed, false, len(never)
 
 
-def test_re_edits_of_the_shared_photos_are_found_and_never_posted_ones_are_not(
+def test_re_edits_of_the_held_back_photos_are_found_and_never_posted_ones_are_not(
         shared_photos, tmp_path):
     """The issue's target on the part never tuned on: >= 97% of 200 re-edits (off-centre
     crops, straightening, grades, black and white, combinations) found at rank 1 with the
@@ -419,3 +419,86 @@ def test_features_taken_beside_are_the_features_taken_here():
         assert len(here) > 0 and there.size == here.size
         assert np.array_equal(there.points, here.points)
         assert np.array_equal(there.descriptors, here.descriptors)
+
+
+# -- each part of the re-framed rule, on its own ------------------------------------------
+
+
+def _seen_through(scale: float = 1.0, turn: float = 0.0, n: int = 30,
+                  shift: tuple[float, float] = (0.0, 0.0), region=None, seed: int = 0):
+    """(candidate, archive) features of the same points, the candidate's frame mapped onto
+    the archive's 512 x 384 by x_archive = scale * R(turn) x_candidate + t (its centre on
+    the archive's centre + shift): every rule but the one a test bends is met."""
+    import math
+
+    rng = np.random.default_rng(seed)
+    aw, ah = 512, 384
+    x0, y0, x1, y1 = region or (0, 0, aw, ah)
+    archive_points = rng.uniform([x0, y0], [x1, y1], (n, 2)).astype(np.float32)
+    descriptors = rng.integers(0, 256, (n, 128), dtype=np.uint8)
+    c, s = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+    linear = scale * np.array([[c, -s], [s, c]])
+    quarter = round(turn / 90) % 2 == 1
+    cw, ch = (ah / scale, aw / scale) if quarter else (aw / scale, ah / scale)
+    t = np.array([aw / 2 + shift[0], ah / 2 + shift[1]]) - linear @ np.array([cw / 2, ch / 2])
+    candidate_points = (np.linalg.inv(linear) @ (archive_points - t).T).T.astype(np.float32)
+    return (lf.LocalFeatures(candidate_points, descriptors, (round(cw), round(ch))),
+            lf.LocalFeatures(archive_points, descriptors.copy(), (aw, ah)))
+
+
+def test_the_baseline_of_the_rule_tests_is_re_framed():
+    result = lf.verify(*_seen_through())
+    assert result.reframed and result.inliers == 30, result
+    assert abs(result.transform.rotation_deg) < 0.1 and abs(result.transform.scale - 1) < 0.01
+
+
+@pytest.mark.parametrize("n,ok", [(13, False), (14, True)])
+def test_at_least_14_distinct_agreeing_keypoints(n, ok):
+    result = lf.verify(*_seen_through(n=n))
+    assert result.reframed is ok and result.inliers == n, result
+    if not ok:
+        assert result.reason == "13 inliers, fewer than 14"
+    candidate, archive = _seen_through(n=30)
+    twice = lf.LocalFeatures(np.concatenate([candidate.points[:10]] * 3),
+                             np.concatenate([candidate.descriptors[:10]] * 3), candidate.size)
+    assert lf._distinct(twice.points) == 10  # one place counted once, however often seen
+
+
+@pytest.mark.parametrize("turn,ok", [(10, True), (14, True), (20, False), (45, False),
+                                     (70, False), (76, True), (90, True), (100, True),
+                                     (180, True), (-90, True), (-110, False)])
+def test_a_turn_within_15_degrees_of_a_quarter_turn_and_no_other(turn, ok):
+    result = lf.verify(*_seen_through(turn=turn))
+    assert result.reframed is ok, (turn, result)
+    if not ok:
+        assert "implausible rotation" in result.reason
+
+
+@pytest.mark.parametrize("scale,ok", [(0.15, False), (0.25, True), (4.5, True), (6.0, False)])
+def test_a_scale_between_0_2_and_5(scale, ok):
+    result = lf.verify(*_seen_through(scale=scale))
+    assert abs(result.transform.scale - scale) < 0.01 * scale
+    assert result.reframed is ok, (scale, result)
+    if not ok:
+        assert "implausible scale" in result.reason
+
+
+@pytest.mark.parametrize("shifted,ok", [(0.9, False), (0.6, True)])
+def test_the_frames_overlap_by_at_least_15_percent(shifted, ok):
+    """The candidate's frame slid sideways off the archive's: only a strip is shared, and
+    the agreeing points all lie in it."""
+    left = 512 * (shifted - 0.5)
+    result = lf.verify(*_seen_through(shift=(512 * shifted, 0), region=(left + 1, 0, 512, 384)))
+    assert result.reframed is ok, result
+    if not ok:
+        assert result.reason == "overlap too small"
+
+
+@pytest.mark.parametrize("n,ok", [(20, False), (38, False), (48, True)])
+def test_agreeing_points_in_one_spot_need_40_to_count(n, ok):
+    candidate, archive = _seen_through(n=n, region=(200, 150, 240, 180))
+    result = lf.verify(candidate, archive)
+    assert result.inliers == lf._distinct(archive.points) and result.reframed is ok, result
+    assert (result.inliers >= lf.STRONG_INLIERS) is ok
+    if not ok:
+        assert result.reason == lf.CLUSTERED
