@@ -1,0 +1,148 @@
+"""Checkpoints as numpy arrays, without PyTorch and without running pickled code.
+
+torchvision's weights (`resnet50-11ad3fa6.pth`) are a zip holding a pickle of the state
+dict and each tensor's raw bytes. The pickle is read by an unpickler that knows only the
+few names a state dict uses (as `torch.load(weights_only=True)` does) and builds numpy
+arrays in place of tensors; any other name is refused before anything runs. The zip is
+read in place, never extracted. A `.safetensors` file is read by safetensors' numpy API.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import WeightsUnavailable
+
+# torch's storage classes -> the dtype of their bytes (the zip's byteorder file says
+# little-endian for every checkpoint torch writes on the machines that run dupecheck)
+STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+MAX_CHECKPOINT_BYTES = 2 * 1024 ** 3  # no image model dupecheck runs is larger
+_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class _StorageType:
+    """Stands for torch.FloatStorage & co. in the pickle: only its dtype matters."""
+
+    def __init__(self, name: str) -> None:
+        self.dtype = np.dtype(STORAGE_DTYPES[name])
+
+
+def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...],
+                    stride: tuple[int, ...], *_: Any) -> np.ndarray:
+    """torch._utils._rebuild_tensor_v2, for numpy: a view of the storage, copied."""
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    if offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
+        raise ValueError("negative size, stride or offset")
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True) if n > 0)
+    if size and 0 not in size and last >= len(storage):
+        raise ValueError("a tensor reaches past its storage")
+    if not size:
+        return np.array(storage[offset])
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                           strides=[s * storage.itemsize for s in stride],
+                                           writeable=False)
+    return np.ascontiguousarray(view)
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2")}
+
+    def __init__(self, fh: Any, storages: dict[str, np.ndarray], read: Any) -> None:
+        super().__init__(fh)
+        self._storages = storages
+        self._read = read
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(name)
+        raise pickle.UnpicklingError(f"the pickle names {module}.{name}, which a state dict "
+                                     f"never does; nothing of it was run")
+
+    def persistent_load(self, pid: Any) -> np.ndarray:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and _KEY.match(pid[2]) and isinstance(pid[4], int) and pid[4] >= 0):
+            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
+        key, dtype, count = pid[2], pid[1].dtype, pid[4]
+        if key not in self._storages:
+            data = self._read(key)
+            if len(data) < count * dtype.itemsize:
+                raise pickle.UnpicklingError(f"storage {key} is cut short")
+            self._storages[key] = np.frombuffer(data, dtype=dtype.newbyteorder("<"),
+                                                count=count)
+        return self._storages[key]
+
+
+def read_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint as a numpy array, by name; WeightsUnavailable (naming
+    the file, exit 3) for anything that is not a plain state dict."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = _read_torch_zip(path)
+    except WeightsUnavailable:
+        raise
+    except (pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, OSError,
+            EOFError, TypeError, AttributeError, IndexError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsUnavailable(f"not a loadable checkpoint ({reason[:200]})", path) from exc
+    except Exception as exc:  # safetensors' own error types
+        raise WeightsUnavailable(f"not a loadable checkpoint ({type(exc).__name__}: "
+                                 f"{str(exc)[:160]})", path) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()):
+        raise WeightsUnavailable("checkpoint holds no state dict of tensors", path)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _read_torch_zip(path: Path) -> Any:
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise WeightsUnavailable("larger than any image model's weights", path)
+    if not zipfile.is_zipfile(path):
+        raise WeightsUnavailable("not a loadable checkpoint (not the zip torch.save writes: "
+                                 "a legacy torch file, or no checkpoint at all)", path)
+    with zipfile.ZipFile(path) as zf:
+        names = {info.filename: info for info in zf.infolist()}
+        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise WeightsUnavailable("no data.pkl at the top of the checkpoint", path)
+        prefix = pickles[0][: -len("data.pkl")]
+        order = zf.read(prefix + "byteorder").strip() if prefix + "byteorder" in names \
+            else b"little"
+        if order != b"little":
+            raise WeightsUnavailable(f"a {order.decode(errors='replace')}-endian "
+                                     f"checkpoint", path)
+
+        def read(key: str) -> bytes:
+            member = names.get(f"{prefix}data/{key}")
+            if member is None:
+                raise pickle.UnpicklingError(f"storage {key} is missing")
+            if member.file_size > MAX_CHECKPOINT_BYTES:
+                raise pickle.UnpicklingError(f"storage {key} is too large")
+            return zf.read(member)
+
+        with zf.open(pickles[0]) as fh:
+            return _StateDictUnpickler(fh, {}, read).load()
