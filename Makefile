@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The light install (no PyTorch), as `pip install dupecheck` makes it: the demo runs there.
+DEMO_VENV := .venv-demo
 
-.PHONY: demo test test-all lint bench bench-reframed load-serve example clean
+.PHONY: demo light-check test test-all lint bench bench-reframed load-serve example clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,8 +13,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-demo: $(VENV)/.installed
-	bash scripts/demo.sh
+$(DEMO_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEMO_VENV)/bin/python -m pip install --quiet -e .
+	touch $@
+
+demo: $(DEMO_VENV)/.installed
+	VENV=$(DEMO_VENV) bash scripts/demo.sh
+
+light-check: $(DEMO_VENV)/.installed
+	$(PYTHON) scripts/check_light_install.py $(DEMO_VENV)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
@@ -36,4 +47,4 @@ example: $(VENV)/.installed
 	$(PY) scripts/make_example.py
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) $(DEMO_VENV) .cache .pytest_cache

@@ -4,12 +4,13 @@
 # machine that can do neither, falls back to random weights (see the note it prints).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DUPECHECK=".venv/bin/dupecheck"
+VENV="${VENV:-.venv-demo}"  # the light install `make demo` makes (no PyTorch)
+DUPECHECK="$VENV/bin/dupecheck"
 export DUPECHECK_INDEX="${DUPECHECK_INDEX:-$PWD/.cache/demo-index}"
 check_args=()
 
 if [ -z "${DUPECHECK_WEIGHTS:-}" ]; then
-  if ! .venv/bin/python - <<'PY'
+  if ! "$VENV/bin/python" - <<'PY'
 import sys
 from dupecheck.engines import get_model_spec
 from dupecheck.engines.weights import resolve_weights
@@ -24,9 +25,10 @@ PY
     echo "note: using RANDOM ResNet-50 weights for this demo (real ones cannot be had here)." >&2
     echo "      Embedding scores mean nothing with them, so 'similar' is turned off" >&2
     echo "      (--threshold 1.0); exact and near-identical evidence work as with real weights." >&2
-    [ -f .cache/resnet50-random.pth ] ||
-      .venv/bin/python scripts/make_random_weights.py resnet50 .cache/resnet50-random.pth
-    export DUPECHECK_WEIGHTS="$PWD/.cache/resnet50-random.pth"
+    [ -f .cache/resnet50-random.safetensors ] ||
+      "$VENV/bin/python" scripts/make_random_weights.py resnet50 \
+        .cache/resnet50-random.safetensors
+    export DUPECHECK_WEIGHTS="$PWD/.cache/resnet50-random.safetensors"
     check_args+=(--threshold 1.0)
   fi
 fi

@@ -193,6 +193,10 @@ def test_index_exit_codes(tmp_path, tiny_weights, export):
     # An unreadable archive is bad usage even where no weights could be had.
     result = invoke("index", str(tmp_path / "absent.zip"), "--index", str(tmp_path / "i"))
     assert result.exit_code == 2 and "no such file or folder" in result.stderr
+    # A name with [brackets] is printed as it is, not taken for markup.
+    result = invoke("index", str(tmp_path / "[bold]export[/bold].zip"), "--index",
+                    str(tmp_path / "i"))
+    assert result.exit_code == 2 and "[bold]export[/bold].zip" in result.stderr
     result = invoke("index", str(export), "--index", str(tmp_path / "i"), "--model", "vgg")
     assert result.exit_code == 2 and "unknown model" in result.stderr
 

@@ -30,7 +30,8 @@ def _offline_prefix() -> list[str]:
 
 @pytest.mark.skipif(not DUPECHECK.exists(), reason="make demo runs the .venv's dupecheck")
 def test_make_demo_works_offline(tmp_path):
-    env = {**os.environ, "DUPECHECK_INDEX": str(tmp_path / "demo-index"),
+    env = {**os.environ, "VENV": str(REPO / ".venv"),  # make demo's own is .venv-demo
+           "DUPECHECK_INDEX": str(tmp_path / "demo-index"),
            "TORCH_HOME": str(tmp_path / "torch"), "HF_HOME": str(tmp_path / "hf"),
            "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",

@@ -172,12 +172,12 @@ def test_weights_come_from_the_torch_cache_when_present(resnet50_weights):
 
 
 def test_no_weights_and_no_download_says_what_to_get(monkeypatch):
-    import dupecheck.engines.torch_models as tm
+    import dupecheck.engines.weights as w
 
     def offline(url, dest):
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(tm, "download_to_torch_hub", offline)
+    monkeypatch.setattr(w, "download_checked", offline)
     with pytest.raises(WeightsUnavailable) as info:
         resolve_weights(MODELS["resnet50"])
     text = str(info.value)
@@ -220,7 +220,7 @@ def test_onnx_and_torch_engines_agree(name, fixture, request):
 
 
 def test_the_onnx_export_is_cached_by_weights(resnet50_weights, monkeypatch, tmp_path):
-    from dupecheck.engines import onnx_engine, torch_models
+    from dupecheck.engines import onnx_engine, resnet_onnx
     from dupecheck.engines.weights import file_sha256
 
     spec = MODELS["resnet50"]
@@ -231,7 +231,7 @@ def test_the_onnx_export_is_cached_by_weights(resnet50_weights, monkeypatch, tmp
     def no_export(*a, **kw):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(torch_models, "export_onnx", no_export)
+    monkeypatch.setattr(resnet_onnx, "build_resnet50_onnx", no_export)  # no torch for it
     load_engine(spec, resnet50_weights, "onnx")  # from the cache
     other = tmp_path / "other.pth"
     import torch

@@ -48,3 +48,20 @@ class WeightsUnavailable(DupecheckError):
     """Model weights are missing, unreadable, or not the ones the index was built with."""
 
     exit_code = EXIT_UNUSABLE
+
+
+class ExtraMissing(DupecheckError):
+    """A feature needs an optional part of dupecheck that is not installed (PyTorch)."""
+
+    exit_code = EXIT_UNUSABLE
+
+
+# The optional parts, and what each brings (pip install 'dupecheck[NAME]').
+EXTRAS = {
+    "mobileclip": "PyTorch and open_clip, for MobileCLIP-S2's one-time export to ONNX",
+    "torch": "PyTorch, for --engine torch (CUDA or Apple MPS)",
+}
+
+
+def needs_extra(extra: str, what: str) -> ExtraMissing:
+    return ExtraMissing(f"{what} needs {EXTRAS[extra]}: pip install 'dupecheck[{extra}]'")

@@ -30,8 +30,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def report_error(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False,
-              soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a file name or an install hint may hold [brackets] Rich would take as markup
+    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True,
+              highlight=False, soft_wrap=True)
 
 
 def error_boundary(func: F) -> F:

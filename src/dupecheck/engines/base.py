@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, needs_extra
 from .registry import ModelSpec
 
 
@@ -34,12 +34,35 @@ def accelerator_present() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
 
 
+# What each optional install brings, as importable top-level packages.
+EXTRA_PACKAGES = {"torch": ("torch", "torchvision"),
+                  "mobileclip": ("torch", "open_clip", "timm", "huggingface_hub")}
+
+
+def extra_installed(extra: str) -> bool:
+    """Whether an optional install's packages are there, without importing them."""
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(name) is not None
+                   for name in EXTRA_PACKAGES[extra])
+    except (ImportError, ValueError):
+        return False
+
+
+def torch_installed() -> bool:
+    return extra_installed("torch")
+
+
 def choose_engine(engine: str = "auto") -> str:
-    """auto: ONNX Runtime on a CPU-only machine, torch where CUDA or MPS can run it."""
+    """auto: ONNX Runtime on a CPU-only machine, torch where CUDA or MPS can run it (and
+    the torch extra is installed)."""
     if engine not in ENGINES:
         raise UsageError(f"unknown engine '{engine}' (known: {', '.join(ENGINES)})")
     if engine == "auto":
-        return "torch" if accelerator_present() else "onnx"
+        return "torch" if accelerator_present() and torch_installed() else "onnx"
+    if engine == "torch" and not torch_installed():
+        raise needs_extra("torch", "--engine torch")
     return engine
 
 
@@ -56,7 +79,7 @@ def load_engine(spec: ModelSpec, weights: Path, engine: str = "auto",
         from .weights import file_sha256
 
         return load_onnx_engine(spec, weights, weights_sha256 or file_sha256(weights))
-    from .torch_models import build_torch_engine
+    from .torch_models import build_torch_engine  # choose_engine saw torch installed
 
     return build_torch_engine(spec, weights)
 

@@ -1,7 +1,8 @@
 """The spec's model on ONNX Runtime: the fast CPU engine, and no torch import once cached.
 
-The ONNX file is exported once from the same torch module the torch engine runs,
-into a cache keyed by model, weights SHA-256, preprocessing and export version.
+The ONNX file is made once per weights, into a cache keyed by model, weights SHA-256,
+preprocessing and export version: straight from the checkpoint where the spec can
+(ResNet-50: no torch at all), else exported from the torch module the torch engine runs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WeightsUnavailable
+from ..errors import WeightsUnavailable, needs_extra
 from .base import l2_normalise
 from .registry import ModelSpec
 
@@ -130,17 +131,30 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def make_onnx(spec: ModelSpec, weights: Path, dest: Path) -> Path:
+    """Write the spec's ONNX graph for these weights to `dest`: built from the checkpoint
+    without torch where the spec says how, else exported from its torch module."""
+    import importlib
+
+    if spec.onnx_graph:
+        module_name, _, func_name = spec.onnx_graph.partition(":")
+        return getattr(importlib.import_module(module_name), func_name)(weights, spec, dest)
+    from .base import extra_installed
+
+    if not extra_installed(spec.extra or "torch"):
+        raise needs_extra(spec.extra or "torch", f"{spec.name}'s first use")
+    from .torch_models import export_onnx  # torch only for the one-time export
+
+    return export_onnx(spec, weights, dest)
+
+
 def load_onnx_engine(spec: ModelSpec, weights: Path, weights_sha256: str) -> OnnxEngine:
     path = onnx_cache_path(spec, weights_sha256)
     if not path.is_file():
-        from .torch_models import export_onnx  # torch only for the one-time export
-
-        export_onnx(spec, weights, path)
+        make_onnx(spec, weights, path)
     try:
         return OnnxEngine(spec, path)
     except WeightsUnavailable:
-        path.unlink(missing_ok=True)  # a damaged cache entry: export again, once
-        from .torch_models import export_onnx
-
-        export_onnx(spec, weights, path)
+        path.unlink(missing_ok=True)  # a damaged cache entry: made again, once
+        make_onnx(spec, weights, path)
         return OnnxEngine(spec, path)

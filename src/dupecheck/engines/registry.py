@@ -49,6 +49,10 @@ class ModelSpec:
     builder: str | None = None
     # "module:function" returning the model's Vocabulary (engines/vocabulary.py): names motifs.
     vocabulary: str | None = None
+    # "module:function(weights, spec, dest)" writing the model's ONNX graph straight from its
+    # checkpoint, without torch (the light install); else the torch module is exported.
+    onnx_graph: str | None = None
+    extra: str | None = None  # the optional install its torch parts need (errors.EXTRAS)
     weights: WeightsSource | None = None
     batch_size: int = 16  # images per forward pass; larger models take fewer
     channels_last: bool = True  # faster for convolutional nets in eager torch on CPU
@@ -105,7 +109,9 @@ register_model(ModelSpec(
     std=IMAGENET_STD,
     default_threshold=0.90,
     module="dupecheck.engines.torch_models:resnet50_module",
-    vocabulary="dupecheck.engines.torch_models:resnet50_vocabulary",
+    onnx_graph="dupecheck.engines.resnet_onnx:build_resnet50_onnx",
+    vocabulary="dupecheck.engines.resnet_onnx:resnet50_vocabulary",
+    extra="torch",
     int8=True,
     weights=WeightsSource(
         filename="resnet50-11ad3fa6.pth",
@@ -125,6 +131,7 @@ register_model(ModelSpec(
     batch_size=8,
     module="dupecheck.engines.torch_models:mobileclip_s2_module",
     vocabulary="dupecheck.engines.torch_models:mobileclip_s2_vocabulary",
+    extra="mobileclip",
     weights=WeightsSource(
         filename="open_clip_model.safetensors",
         cache="huggingface",

@@ -136,34 +136,6 @@ def mobileclip_s2_module(weights: Path | None, spec: ModelSpec,
     return reparameterize_model(visual) if reparameterize else visual
 
 
-def download_to_torch_hub(url: str, dest: Path) -> Path:
-    """torch.hub's own downloader: progress bar on stderr, written atomically."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(url, str(dest), progress=True)
-    return dest
-
-
-def resnet50_vocabulary(weights: Path, spec: ModelSpec):  # -> Vocabulary
-    """ImageNet's 1000 classes, scored by the classifier the embedding drops (its `fc`),
-    read from the same checkpoint. The index holds L2-normalised features, so the score is
-    the class direction's dot product, without the bias (a feature's length is not kept)."""
-    from torchvision.models import ResNet50_Weights
-
-    from .vocabulary import Vocabulary
-
-    state = load_state_dict(weights)
-    try:
-        matrix = state["fc.weight"].float().numpy()
-    except KeyError:
-        raise WeightsUnavailable(f"not a {spec.name} checkpoint (no fc.weight)", weights) \
-            from None
-    labels = tuple(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
-    if matrix.shape != (len(labels), spec.dim):
-        raise WeightsUnavailable(f"not a {spec.name} checkpoint (fc.weight is "
-                                 f"{tuple(matrix.shape)})", weights)
-    return Vocabulary(labels, np.ascontiguousarray(matrix, np.float32))
-
-
 def mobileclip_s2_vocabulary(weights: Path, spec: ModelSpec):  # -> Vocabulary
     """Everyday photo subjects, each read by MobileCLIP-S2's own text tower as "a photo of
     ...": CLIP's zero-shot labels, L2-normalised like the image embeddings."""

@@ -56,5 +56,12 @@ def load_vocabulary(spec: ModelSpec, weights: Path) -> Vocabulary | None:
     if spec.vocabulary is None:
         return None
     module_name, _, func_name = spec.vocabulary.partition(":")
+    if module_name.endswith(".torch_models"):
+        from .base import extra_installed
+
+        if not extra_installed(spec.extra or "torch"):
+            from ..errors import needs_extra
+
+            raise needs_extra(spec.extra or "torch", f"{spec.name}'s motif names")
     factory = getattr(importlib.import_module(module_name), func_name)
     return factory(weights, spec)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..errors import WeightsUnavailable
+from ..errors import DupecheckError, WeightsUnavailable
 from .registry import ModelSpec
 
 
@@ -31,8 +34,10 @@ def cached_weights(spec: ModelSpec) -> Path | None:
         path = torch_hub_dir() / "checkpoints" / src.filename
         return path if path.is_file() else None
     if src.cache == "huggingface":
-        from huggingface_hub import try_to_load_from_cache
-
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # the light install: its models need the mobileclip extra
+            return None
         found = try_to_load_from_cache(src.hf_repo or "", src.filename)
         return Path(found) if isinstance(found, str) else None
     return None
@@ -56,20 +61,57 @@ def download_weights(spec: ModelSpec) -> Path:
         raise WeightsUnavailable(how_to_get(spec))
     try:
         if src.cache == "torch-hub":
-            from .torch_models import download_to_torch_hub
+            return download_checked(src.url or "", torch_hub_dir() / "checkpoints" /
+                                    src.filename)
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:
+            from ..errors import needs_extra
 
-            return download_to_torch_hub(src.url or "", torch_hub_dir() / "checkpoints" /
-                                         src.filename)
-        from huggingface_hub import hf_hub_download
-
+            raise needs_extra(spec.extra or "mobileclip", f"{spec.name}") from None
         return Path(hf_hub_download(src.hf_repo or "", src.filename))
-    except WeightsUnavailable:
+    except DupecheckError:
         raise
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsUnavailable(
             f"no {spec.name} weights: not cached and the download failed ({reason[:160]}); "
             + how_to_get(spec)) from exc
+
+
+HASH_PREFIX = re.compile(r"-([a-f0-9]{8,})\.")  # torchvision's "resnet50-11ad3fa6.pth"
+
+
+def download_checked(url: str, dest: Path, opener: Callable[[str], Any] | None = None) -> Path:
+    """Download `url` to `dest` with a progress bar, as torch.hub does but without torch:
+    the SHA-256 must start with the hex digits the file name carries (torchvision's
+    convention), and only a checked file is renamed into place."""
+    import urllib.request
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    match = HASH_PREFIX.search(dest.name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    try:
+        with (opener or urllib.request.urlopen)(url) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with Progress("[progress.description]{task.description}", BarColumn(),
+                          DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+                task = bar.add_task(f"downloading {dest.name}", total=total)
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    digest.update(block)
+                    bar.advance(task, len(block))
+        if match and not digest.hexdigest().startswith(match.group(1)):
+            raise WeightsUnavailable(f"the download's SHA-256 {digest.hexdigest()[:12]}... "
+                                     f"does not start with {match.group(1)}, as its name "
+                                     f"says; nothing was kept", url)
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def resolve_weights(spec: ModelSpec, explicit: Path | None = None,
