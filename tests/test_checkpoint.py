@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import shutil
 import zipfile
 
 import numpy as np
@@ -143,3 +144,31 @@ def test_a_download_is_kept_only_when_its_hash_starts_as_its_name_says(tmp_path)
         download_checked("https://example/w", tmp_path / "resnet50-00000000.pth",
                          opener=lambda url: _Response(data))
     assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]  # nothing half-kept
+
+
+def test_an_index_made_with_the_torch_export_keeps_working_after_it(tmp_path, monkeypatch,
+                                                                    resnet50_weights):
+    """Built while the ONNX graph came from torch; the cache then lost it and the light
+    builder made it again: no re-index, and each stored row is what the new graph gives."""
+    from dupecheck.engines import load_engine, onnx_engine
+    from dupecheck.engines.torch_models import export_onnx
+    from dupecheck.indexer import build_index
+    from dupecheck.store import open_index
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted(PHOTOS.glob("jpg__*"))[:5]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    with monkeypatch.context() as m:
+        m.setattr(onnx_engine, "make_onnx",
+                  lambda spec, weights, dest: export_onnx(spec, weights, dest))
+        build_index([folder], tmp_path / "idx", SPEC, resnet50_weights, engine="onnx")
+    shutil.rmtree(onnx_engine.onnx_cache_dir())
+    index = open_index(tmp_path / "idx")
+    engine = load_engine(SPEC, resnet50_weights, "onnx")  # made again, without torch
+    stored = np.asarray(index.embeddings("resnet50"))
+    for row, photo in enumerate(index.photos):
+        data = (folder / photo.path.rsplit("/", 1)[-1]).read_bytes()
+        again = engine.embed_batch(SPEC.to_input(
+            decode(data, photo.path, draft=SPEC.archive_draft_size).image)[None])[0]
+        assert float(again @ stored[row]) >= 0.99999, photo.path
