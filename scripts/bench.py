@@ -85,7 +85,7 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
 
 
 def random_weights(name: str, folder: Path) -> Path:
-    path = folder / f"{name}-random.{'pth' if name == 'resnet50' else 'safetensors'}"
+    path = folder / f"{name}-random.safetensors"  # resnet50: numpy alone, no torch
     subprocess.run([sys.executable, str(REPO / "scripts/make_random_weights.py"), name,
                     str(path)], check=True, capture_output=True)
     return path
@@ -238,7 +238,7 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, int, int]
 
 def bench_check(photos_dir: Path, work: Path, runs: int) -> list[dict[str, object]]:
     spec = MODELS["resnet50"]
-    weights = work / "resnet50-random.pth"
+    weights = work / "resnet50-random.safetensors"
     if not weights.exists():
         weights = random_weights("resnet50", work)
     load_engine(spec, weights, "onnx")
@@ -269,7 +269,7 @@ def bench_check(photos_dir: Path, work: Path, runs: int) -> list[dict[str, objec
 
 
 def bench_index_rss(photos_dir: Path, work: Path) -> dict[str, object]:
-    weights = work / "resnet50-random.pth"
+    weights = work / "resnet50-random.safetensors"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DUPECHECK_WEIGHTS": str(weights)}
     cmd = ["index", str(photos_dir), "--index", str(work / "index-rss"), "--engine", "onnx",
            "--quiet"]
@@ -292,7 +292,7 @@ def bench_load(photos_dir: Path, work: Path, rows: int, runs: int) -> dict[str, 
     from PIL import Image
 
     spec = MODELS["resnet50"]
-    weights = work / "resnet50-random.pth"
+    weights = work / "resnet50-random.safetensors"
     if not weights.exists():
         weights = random_weights("resnet50", work)
     load_engine(spec, weights, "onnx")
@@ -435,7 +435,7 @@ def main() -> int:
         if "check" not in skip:
             doc["check"] = bench_check(args.photos, work, args.runs)
         if "rss" not in skip:
-            if not (work / "resnet50-random.pth").exists():
+            if not (work / "resnet50-random.safetensors").exists():
                 random_weights("resnet50", work)
             doc["index_rss"] = bench_index_rss(args.photos, work)
         if "load" not in skip:

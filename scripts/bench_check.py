@@ -110,8 +110,8 @@ def main() -> int:
                 for n, src in enumerate(sources.values())}
         for n, src in enumerate(sources.values()):
             envs[src]["DUPECHECK_INDEX"] = str(index_as_written_by(
-                src, work / f"index-{n}", args.photos, work / "resnet50-random.pth", envs[src],
-                args.new, args.rows))
+                src, work / f"index-{n}", args.photos, work / "resnet50-random.safetensors",
+                envs[src], args.new, args.rows))
         for src in sources.values():  # warm: exports, optimized graphs, page cache
             for photo in photos.values():
                 timed(src, photo, envs[src])

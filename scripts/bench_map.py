@@ -227,7 +227,7 @@ def main() -> int:
         names = make_archive(args.photos, archive, args.rows)
         print(f"   archive of {args.rows} 1080 px JPEGs ready in "
               f"{time.perf_counter() - start:.0f} s")
-        weights = work / "resnet50-random.pth"
+        weights = work / "resnet50-random.safetensors"
         if not weights.exists():
             random_weights("resnet50", work)
         if not idx.exists():

@@ -390,7 +390,7 @@ def _index_cost(photos_dir: Path, work: Path, repeat: int, label: str) -> dict[s
     model's load included; the sources byte-compiled as pip installs them), so that the
     ratio of each pair shares its minute of this machine's drifting speed; the figure is
     the median of those ratios."""
-    weights = work / "resnet50-random.pth"
+    weights = work / "resnet50-random.safetensors"
     if not weights.exists():
         random_weights("resnet50", work)
     load_engine(MODELS["resnet50"], weights, "onnx")  # the ONNX export and its optimization
@@ -444,7 +444,7 @@ def check_cost(photos_dir: Path, work: Path, runs: int, rows: int = 10_000,
     """`leave_out`: photos (file names) whose features the index does not hold, so that
     checking them is the worst case, a photo that is new: every look runs."""
     spec = MODELS["resnet50"]
-    weights = work / "resnet50-random.pth"
+    weights = work / "resnet50-random.safetensors"
     plain, local_idx = work / "check-plain", work / "check-local"
     synthetic_index(plain, spec, weights, rows)
     base = open_index(plain)
@@ -514,7 +514,7 @@ def cpu_per_photo(photos_dir: Path, work: Path) -> dict[str, float]:
     if not export.exists():
         export = export_like(photos_dir, work)
     spec = MODELS["resnet50"]
-    weights = work / "resnet50-random.pth"
+    weights = work / "resnet50-random.safetensors"
     if not weights.exists():
         random_weights("resnet50", work)
     images = [decode(p.read_bytes(), p.name, draft=spec.archive_draft_size).image
@@ -595,7 +595,7 @@ def main() -> int:
         if "index" not in skip:
             doc["index"] = index_cost(args.photos, work, args.repeat)
         if "check" not in skip:
-            if not (work / "resnet50-random.pth").exists():
+            if not (work / "resnet50-random.safetensors").exists():
                 random_weights("resnet50", work)
             doc["check"] = check_cost(args.photos, work, args.runs)
         if "cpu" not in skip:
