@@ -57,8 +57,18 @@ def server(tmp_path, tiny_weights):
     state = ServiceState(idx, TINY, engine, file_sha256(tiny_weights),
                          TokenStore(tmp_path / "config"), {TINY.name: (TINY, lambda: engine)})
     state.pairing = Pairing.new()
-    with served_on_loopback(create_app(state)) as port:
-        yield f"http://127.0.0.1:{port}", state, candidate, never
+    serving = served_on_loopback(create_app(state))
+    port = serving.__enter__()
+    stopped = []
+
+    def stop() -> None:  # the computer goes out of reach
+        if not stopped:
+            stopped.append(True)
+            serving.__exit__(None, None, None)
+
+    state.stop = stop
+    yield f"http://127.0.0.1:{port}", state, candidate, never
+    stop()
 
 
 def test_pair_by_link_then_check_a_photo_and_read_the_verdict(server, browser):
@@ -98,3 +108,30 @@ def test_without_a_token_the_page_asks_to_pair(server, browser):
     browser.get(base + "/")
     time.sleep(0.5)
     assert browser.find_element(By.ID, "pairing").is_displayed()
+
+
+def test_the_page_installs_and_opens_with_the_computer_out_of_reach(server, browser):
+    """A manifest and a service worker: once opened, the page opens again from the
+    phone's copy when the server is gone, and says a check needs the computer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, state, candidate, _ = server
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{base}/#pair={state.pairing.code}")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Paired as"))
+    wait.until(lambda d: d.execute_script(
+        "return navigator.serviceWorker.controller !== null") or d.refresh())
+    manifest = browser.execute_script(
+        "return document.querySelector('link[rel=manifest]').href")
+    assert manifest == f"{base}/manifest.webmanifest"
+    state.stop()
+    browser.refresh()  # no server: the service worker answers
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Is it already on my Instagram?"
+    browser.find_element(By.ID, "photo").send_keys(str(candidate))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "cannot be reached"))
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+              and "ERR_CONNECTION_REFUSED" not in e["message"]
+              and "Failed to fetch" not in e["message"]]
+    assert severe == []

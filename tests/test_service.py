@@ -136,6 +136,25 @@ def test_the_page_runs_only_its_own_script_and_every_answer_says_nosniff(served)
         assert r.headers["referrer-policy"] == "no-referrer", r.url
 
 
+def test_the_page_is_an_installable_app_without_a_token(served):
+    """Manifest, icons and service worker answer without a token (the page's shell holds
+    nothing private); the page's CSP lets only its own origin register a worker."""
+    client, *_ = served
+    doc = client.get("/manifest.webmanifest").json()
+    assert doc["display"] == "standalone" and doc["start_url"] == "/"
+    for icon in doc["icons"]:
+        r = client.get(icon["src"])
+        side = int(icon["sizes"].split("x")[0])
+        assert r.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(r.content)).size == (side, side)
+    assert sorted(i["sizes"] for i in doc["icons"]) == ["192x192", "512x512"]
+    sw = client.get("/sw.js")
+    assert sw.status_code == 200 and sw.headers["content-type"].startswith("text/javascript")
+    assert '"/api/"' in sw.text  # never caches an answer of the API
+    assert "worker-src 'self'" in client.get("/").headers["content-security-policy"]
+    assert client.get("/icon-64.png").status_code == 404
+
+
 def test_check_answers_exactly_what_check_json_says(served):
     client, token, state, export, tmp_path = served
     photo = export / "media/posts/1/2.jpg"

@@ -367,8 +367,41 @@ def page_csp(html: str) -> str:
     digests = [base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts]
     script_src = " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
     return ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-            f"script-src {script_src}; frame-ancestors 'none'; base-uri 'none'; "
-            "form-action 'self'")
+            f"script-src {script_src}; worker-src 'self'; manifest-src 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+APP_NAME = "dupecheck"
+THEME_COLOUR = "#1f6feb"
+
+
+def manifest() -> dict[str, Any]:
+    """The web app manifest: the page installs from Safari's and Chrome's "Add to Home
+    Screen" and opens standalone."""
+    return {"name": "dupecheck: already on my Instagram?", "short_name": APP_NAME,
+            "start_url": "/", "scope": "/", "display": "standalone",
+            "background_color": "#fafafa", "theme_color": THEME_COLOUR,
+            "icons": [{"src": f"/icon-{side}.png", "sizes": f"{side}x{side}",
+                       "type": "image/png", "purpose": "any"} for side in ICON_SIDES]}
+
+
+ICON_SIDES = (192, 512)
+
+
+def icon_png(side: int) -> bytes:
+    """The app's icon, drawn: a blue rounded square holding a white check mark."""
+    from PIL import Image, ImageDraw
+
+    scale = 4  # drawn large, then reduced: smooth edges
+    big = side * scale
+    img = Image.new("RGBA", (big, big), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    draw.rounded_rectangle((0, 0, big - 1, big - 1), radius=big // 5, fill=THEME_COLOUR)
+    points = [(0.27 * big, 0.52 * big), (0.44 * big, 0.69 * big), (0.75 * big, 0.33 * big)]
+    draw.line(points, fill="white", width=big // 11, joint="curve")
+    buf = io.BytesIO()
+    img.resize((side, side), Image.Resampling.LANCZOS).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
@@ -436,6 +469,26 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         html = page_html()
         return HTMLResponse(html, headers={"Content-Security-Policy": page_csp(html),
                                            "Cache-Control": "no-store"})
+
+    @app.get("/manifest.webmanifest", include_in_schema=False)
+    def web_manifest() -> JSONResponse:
+        return JSONResponse(manifest(), media_type="application/manifest+json",
+                            headers={"Cache-Control": "no-cache"})
+
+    icons = {side: icon_png(side) for side in ICON_SIDES}
+
+    @app.get("/icon-{side}.png", include_in_schema=False)
+    def icon(side: int) -> Response:
+        if side not in icons:
+            raise ApiError(404, "no such icon")
+        return Response(icons[side], media_type="image/png",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.get("/sw.js", include_in_schema=False)
+    def service_worker() -> Response:
+        script = resources.files("dupecheck").joinpath("sw.js").read_text(encoding="utf-8")
+        return Response(script, media_type="text/javascript",
+                        headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"})
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:

@@ -1,0 +1,35 @@
+// dupecheck's service worker: the page opens with the computer out of reach.
+// The page and its manifest and icons are kept in Cache Storage when it installs, and
+// refreshed from the network whenever the computer answers; /api is never cached.
+"use strict";
+const CACHE = "dupecheck-shell-v1";
+const SHELL = ["/", "/manifest.webmanifest", "/icon-192.png", "/icon-512.png"];
+
+self.addEventListener("install", (event) => {
+  event.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));
+});
+
+self.addEventListener("activate", (event) => {
+  event.waitUntil(caches.keys()
+    .then((keys) => Promise.all(keys.filter((k) => k !== CACHE).map((k) => caches.delete(k))))
+    .then(() => self.clients.claim()));
+});
+
+self.addEventListener("fetch", (event) => {
+  const url = new URL(event.request.url);
+  if (event.request.method !== "GET" || url.origin !== self.location.origin ||
+      url.pathname.startsWith("/api/")) {
+    return;  // checks, pairing, thumbnails: always the computer's own answer
+  }
+  const key = event.request.mode === "navigate" ? "/" : url.pathname;
+  if (!SHELL.includes(key)) return;
+  event.respondWith(fetch(event.request)
+    .then((response) => {
+      if (response.ok) {
+        const copy = response.clone();
+        caches.open(CACHE).then((c) => c.put(key, copy));
+      }
+      return response;
+    })
+    .catch(() => caches.match(key).then((hit) => hit || Response.error())));
+});
