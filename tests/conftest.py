@@ -95,6 +95,43 @@ def browser(tmp_path):
 
 
 @pytest.fixture
+def served(tmp_path, tiny_weights):
+    """`dupecheck serve`'s app over a 3-photo export indexed with the tiny test model,
+    through FastAPI's TestClient: (client, token, state, export folder, tmp_path)."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from dupecheck.cli import app as cli_app
+    from dupecheck.engines import load_engine
+    from dupecheck.engines.weights import file_sha256
+    from dupecheck.service import ServiceState, create_app
+    from dupecheck.tokens import TokenStore
+    from helpers import LAYOUT_DIRS, post, write_tree
+
+    meta = LAYOUT_DIRS["D"]
+    files: dict[str, object] = {f"{meta}/posts_1.json": [
+        post(f"media/posts/1/{s}.jpg", 1700000000 + s, f"photo {s}") for s in (1, 2, 3)]}
+    files.update({f"media/posts/1/{s}.jpg": jpeg_bytes(synthetic_photo(s)) for s in (1, 2, 3)})
+    export = write_tree(tmp_path / "export", files)
+    idx = tmp_path / "idx"
+    result = CliRunner().invoke(cli_app, ["index", str(export), "--index", str(idx),
+                                          "--model", TINY_NAME, "--weights", str(tiny_weights)])
+    assert result.exit_code == 0, result.output
+    tokens = TokenStore(tmp_path / "config")
+    token = tokens.create("phone")
+    spec = tiny_engine.TINY
+    engine = load_engine(spec, tiny_weights)
+    state = ServiceState(idx, spec, engine, file_sha256(tiny_weights), tokens,
+                         {spec.name: (spec, lambda: engine)})
+    client = TestClient(create_app(state, SERVED_MAX_UPLOAD, ("testserver",)))
+    return client, token, state, export, tmp_path
+
+
+SERVED_MAX_UPLOAD = 2 * 1024 * 1024
+TINY_NAME = tiny_engine.TINY.name
+
+
+@pytest.fixture
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_engine.write_weights(tmp_path_factory.mktemp("w") / "tiny.npy")
 

@@ -17,52 +17,25 @@ from typer.testing import CliRunner
 import tiny_engine
 from dupecheck import service
 from dupecheck.cli import app as cli_app
-from dupecheck.engines import load_engine
-from dupecheck.engines.weights import file_sha256
 from dupecheck.service import (
     FREE_FAILURES,
     MAX_OWNER_REQUESTS,
     MAX_STRANGER_REQUESTS,
     FailureLog,
     Pairing,
-    ServiceState,
-    create_app,
     host_allowed,
 )
 from dupecheck.tokens import TokenStore
 from helpers import (
-    LAYOUT_DIRS,
     jpeg_bytes,
     png_declaring,
-    post,
     served_on_loopback,
     synthetic_photo,
-    write_tree,
 )
 
 TINY = tiny_engine.TINY
 runner = CliRunner()
 MAX_UPLOAD = 2 * 1024 * 1024
-
-
-@pytest.fixture
-def served(tmp_path, tiny_weights):
-    meta = LAYOUT_DIRS["D"]
-    files: dict[str, object] = {f"{meta}/posts_1.json": [
-        post(f"media/posts/1/{s}.jpg", 1700000000 + s, f"photo {s}") for s in (1, 2, 3)]}
-    files.update({f"media/posts/1/{s}.jpg": jpeg_bytes(synthetic_photo(s)) for s in (1, 2, 3)})
-    export = write_tree(tmp_path / "export", files)
-    idx = tmp_path / "idx"
-    result = runner.invoke(cli_app, ["index", str(export), "--index", str(idx), "--model",
-                                     TINY.name, "--weights", str(tiny_weights)])
-    assert result.exit_code == 0, result.output
-    tokens = TokenStore(tmp_path / "config")
-    token = tokens.create("phone")
-    engine = load_engine(TINY, tiny_weights)
-    state = ServiceState(idx, TINY, engine, file_sha256(tiny_weights), tokens,
-                         {TINY.name: (TINY, lambda: engine)})
-    client = TestClient(create_app(state, MAX_UPLOAD, ("testserver",)))
-    return client, token, state, export, tmp_path
 
 
 def auth(token: str) -> dict[str, str]:

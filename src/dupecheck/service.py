@@ -566,6 +566,57 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=3600"})
 
+    def offline_copy() -> Any:
+        from .offline import build_copy
+
+        index, _ = state.index()
+        return build_copy(index, state.spec.name, state.threshold(None),
+                          NotMatches(state.index_dir).load())
+
+    def offline_model() -> Path | None:
+        """The ONNX file the index's embeddings come from (int8 where it is int8)."""
+        from .engines.onnx_engine import onnx_cache_path
+        from .engines.quantize import int8_cache_path
+
+        index, _ = state.index()
+        entry = index.models[state.spec.name]
+        path = (int8_cache_path(state.spec, entry.weights_sha256, entry.calibration or [])
+                if entry.precision == "int8" else
+                onnx_cache_path(state.spec, entry.weights_sha256))
+        return path if path.is_file() else None
+
+    @app.get("/api/offline/info", dependencies=token)
+    async def offline_info() -> JSONResponse:
+        """What keeping a copy on the phone takes, before it is downloaded."""
+        copy = await anyio.to_thread.run_sync(offline_copy, limiter=workers)
+        model = offline_model()
+        return JSONResponse({"generation": state.index()[0].generation, "photos": copy.photos,
+                             "bytes": copy.bytes, "embeddings": copy.encoding,
+                             "model_bytes": model.stat().st_size if model else None})
+
+    @app.get("/api/offline", dependencies=token,
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    async def offline() -> Response:
+        """The phone's copy of the index (offline.py: header, embeddings, PDQ, SHA-256,
+        thumbnails), streamed from the cache."""
+        from starlette.responses import FileResponse
+
+        copy = await anyio.to_thread.run_sync(offline_copy, limiter=workers)
+        return FileResponse(copy.path, media_type="application/octet-stream",
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/offline/model", dependencies=token,
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    def offline_model_file() -> Response:
+        """The model as ONNX, for ONNX Runtime Web on the phone."""
+        from starlette.responses import FileResponse
+
+        model = offline_model()
+        if model is None:
+            raise ApiError(404, f"{state.spec.name} has no ONNX model to keep on a phone")
+        return FileResponse(model, media_type="application/octet-stream",
+                            headers={"Cache-Control": "no-store"})
+
     @app.post("/api/pair")
     async def pair(request: Request) -> JSONResponse:
         """Trade the single-use code from the QR code for a token of this phone's own."""

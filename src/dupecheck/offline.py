@@ -1,0 +1,160 @@
+"""The phone's copy of the index: what an offline check needs, compactly, in one file.
+
+One container per index generation and model, built once and kept in the user cache
+(`offline/<generation>-<model>.bin`): a magic line, a JSON header (the generation, the
+model, the threshold in force, each row's date, kind, caption, carousel position and
+path, the pairs marked not a match) and binary sections the header points at (little
+endian): the embeddings, PDQ hashes, SHA-256 column and small JPEG thumbnails. The
+embeddings are int8 with a scale per row where that keeps every row's nearest other row
+(its top-1 neighbour) as float32 has it, else float16, else float32.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .store import Index
+
+MAGIC = b"DUPECHECK-OFFLINE\n"
+FORMAT_VERSION = 1
+THUMB_SIDE = 64  # px, long side: a match's picture on the phone
+THUMB_QUALITY = 70
+NEIGHBOUR_BLOCK = 1024  # rows scored at a time when checking top-1 neighbours
+
+
+def offline_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("dupecheck")) / "offline"
+
+
+def quantize_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes and a float32 scale per row (row = codes * scale)."""
+    matrix = np.asarray(matrix, np.float32)
+    peak = np.abs(matrix).max(axis=1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(matrix / scale[:, None]), -127, 127).astype(np.int8)
+    return codes, scale
+
+
+def keeps_top1(exact: np.ndarray, approx: np.ndarray) -> bool:
+    """Whether every row's nearest other row under `approx` is nearest under `exact` too
+    (a tie under `exact` counts as kept)."""
+    exact = np.asarray(exact, np.float32)
+    approx = np.asarray(approx, np.float32)
+    n = len(exact)
+    if n < 2:
+        return True
+    for start in range(0, n, NEIGHBOUR_BLOCK):
+        rows = np.arange(start, min(n, start + NEIGHBOUR_BLOCK))
+        true = exact[rows] @ exact.T
+        guess = approx[rows] @ approx.T
+        true[np.arange(len(rows)), rows] = -np.inf
+        guess[np.arange(len(rows)), rows] = -np.inf
+        picked = guess.argmax(axis=1)
+        best = true.max(axis=1)
+        if np.any(true[np.arange(len(rows)), picked] < best - 1e-6):
+            return False
+    return True
+
+
+def encode_embeddings(matrix: np.ndarray) -> tuple[str, list[tuple[str, bytes]]]:
+    """The most compact encoding that keeps every row's top-1 neighbour: (encoding name,
+    [(section name, bytes)])."""
+    matrix = np.asarray(matrix, np.float32)
+    codes, scale = quantize_rows(matrix)
+    if keeps_top1(matrix, codes.astype(np.float32) * scale[:, None]):
+        return "int8", [("embeddings", codes.tobytes()), ("scales", scale.astype("<f4").tobytes())]
+    half = matrix.astype("<f2")
+    if keeps_top1(matrix, half.astype(np.float32)):
+        return "float16", [("embeddings", half.tobytes())]
+    return "float32", [("embeddings", matrix.astype("<f4").tobytes())]
+
+
+@dataclass(frozen=True)
+class OfflineCopy:
+    path: Path
+    bytes: int
+    encoding: str
+    photos: int
+
+
+def build_copy(index: Index, model: str, threshold: float,
+               not_matches: dict[str, set[str]], dest: Path | None = None) -> OfflineCopy:
+    """The container for this generation and model (made once; later calls reuse it)."""
+    from .thumbs import row_thumbnails
+
+    dest = dest or offline_dir() / f"{index.generation}-{model}-t{threshold:g}.bin"
+    if dest.is_file():
+        with open(dest, "rb") as fh:
+            start = fh.read(len(MAGIC) + 4)
+            if start.startswith(MAGIC):
+                (length,) = struct.unpack_from("<I", start, len(MAGIC))
+                header = read_header(start + fh.read(length))
+                return OfflineCopy(dest, dest.stat().st_size, header["embeddings_encoding"],
+                                   header["photos"])
+    matrix = np.asarray(index.embeddings(model), np.float32)
+    encoding, sections = encode_embeddings(matrix)
+    sections.append(("pdq", np.ascontiguousarray(index.pdq, np.uint8).tobytes()))
+    sections.append(("sha256", b"".join(bytes.fromhex(p.sha256) for p in index.photos)))
+    thumbs = row_thumbnails(index, list(range(len(index))), THUMB_SIDE, workers=2)
+    blobs = []
+    for img in thumbs:
+        if img is None:
+            blobs.append(b"")
+            continue
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=THUMB_QUALITY)
+        blobs.append(buf.getvalue())
+    ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+    sections.append(("thumb_ends", ends.astype("<u4").tobytes()))
+    sections.append(("thumbs", b"".join(blobs)))
+    entry = index.models[model]
+    offsets: dict[str, list[int]] = {}
+    position = 0
+    for name, data in sections:
+        offsets[name] = [position, len(data)]
+        position += len(data)
+    header = {
+        "format": FORMAT_VERSION, "generation": index.generation, "model": model,
+        "dim": entry.dim, "precision": entry.precision, "photos": len(index),
+        "threshold": threshold, "embeddings_encoding": encoding, "sections": offsets,
+        "rows": [{"path": p.path, "kind": p.kind, "taken_at": p.taken_at,
+                  "caption": p.caption, "carousel_index": p.carousel_index}
+                 for p in index.photos],
+        "not_pairs": {k: sorted(v) for k, v in sorted(not_matches.items())},
+    }
+    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(MAGIC + struct.pack("<I", len(head)) + head)
+        for _, data in sections:
+            fh.write(data)
+    os.replace(tmp, dest)
+    return OfflineCopy(dest, dest.stat().st_size, encoding, len(index))
+
+
+def read_header(data: bytes) -> dict:
+    if not data.startswith(MAGIC):
+        raise ValueError("not a dupecheck offline copy")
+    (length,) = struct.unpack_from("<I", data, len(MAGIC))
+    start = len(MAGIC) + 4
+    header = json.loads(data[start:start + length])
+    header["_body"] = start + length
+    return header
+
+
+def read_copy(data: bytes) -> tuple[dict, dict[str, bytes]]:
+    """The header and each section's bytes (what the page's script does, in Python)."""
+    header = read_header(data)
+    body = header.pop("_body")
+    return header, {name: data[body + off: body + off + length]
+                    for name, (off, length) in header["sections"].items()}
