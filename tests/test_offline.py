@@ -42,7 +42,7 @@ def test_the_copy_holds_every_row_and_reads_back(served, tmp_path):
     client, token, state, *_ = served
     index = open_index(state.index_dir)
     NotMatches(state.index_dir).add("a" * 64, {index.photos[0].sha256})
-    copy = build_copy(index, state.spec.name, 0.97, NotMatches(state.index_dir).load(),
+    copy = build_copy(index, state.spec, 0.97, NotMatches(state.index_dir).load(),
                       dest=tmp_path / "copy.bin")
     data = copy.path.read_bytes()
     header, sections = read_copy(data)
@@ -64,7 +64,7 @@ def test_the_copy_holds_every_row_and_reads_back(served, tmp_path):
     for start, end in zip(starts, ends, strict=True):
         thumb = Image.open(io.BytesIO(sections["thumbs"][start:end]))
         assert thumb.format == "JPEG" and max(thumb.size) <= 64
-    again = build_copy(index, state.spec.name, 0.97, {}, dest=tmp_path / "copy.bin")
+    again = build_copy(index, state.spec, 0.97, {}, dest=tmp_path / "copy.bin")
     assert again.path.stat().st_mtime_ns == copy.path.stat().st_mtime_ns  # made once
 
 

@@ -135,3 +135,129 @@ def test_the_page_installs_and_opens_with_the_computer_out_of_reach(server, brow
               and "ERR_CONNECTION_REFUSED" not in e["message"]
               and "Failed to fetch" not in e["message"]]
     assert severe == []
+
+
+@pytest.fixture
+def resnet_server(tmp_path, resnet50_weights):
+    """The page over an index of 4 real photos made with ResNet-50 (random weights, the
+    ONNX engine), 'similar' off as a calibrated 1.0 would be; stop() ends the server."""
+    from dupecheck.engines import get_model_spec
+    from dupecheck.precision import engine_for
+    from helpers import PHOTOS
+
+    photos = sorted(PHOTOS.glob("jpg__*"))[:6]
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for path in photos[:4]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    idx = tmp_path / "idx"
+    result = CliRunner().invoke(cli_app, ["index", str(folder), "--index", str(idx),
+                                          "--weights", str(resnet50_weights), "--engine",
+                                          "onnx", "--quiet"])
+    assert result.exit_code == 0, result.output
+    index = open_index(idx)
+    republish(index, {n: replace(e, threshold=1.0) for n, e in index.models.items()})
+    index = open_index(idx)
+    spec = get_model_spec("resnet50")
+    state = ServiceState(idx, spec, engine_for(index, spec, resnet50_weights, "onnx"),
+                         file_sha256(resnet50_weights), TokenStore(tmp_path / "config"))
+    state.pairing = Pairing.new()
+    serving = served_on_loopback(create_app(state))
+    port = serving.__enter__()
+    done = []
+
+    def stop() -> None:
+        if not done:
+            done.append(True)
+            serving.__exit__(None, None, None)
+
+    yield f"http://127.0.0.1:{port}", state, photos, idx, stop
+    stop()
+
+
+def _as_blob(browser, path, call: str):
+    """Run `call` (a window.dupecheck.offline function taking a Blob) on a file's bytes."""
+    import base64
+
+    return browser.execute_async_script(
+        "const [data, name, done] = arguments;"
+        "const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));"
+        f"window.dupecheck.offline.{call}(new Blob([bytes], {{type: 'image/jpeg'}}), name)"
+        ".then(done, (e) => done({failed: String(e)}));",
+        base64.b64encode(path.read_bytes()).decode(), path.name)
+
+
+@pytest.mark.slow
+def test_a_copy_kept_on_the_phone_checks_offline_as_the_cli_does(resnet_server, browser,
+                                                                 tmp_path, resnet50_weights):
+    """Paired, a copy kept, the server stopped, the page reloaded by its service worker:
+    each photo's verdict equals the CLI's (exact, near-identical, new), its PDQ hash is
+    within 8 bits of the CLI's, and the model's embedding agrees with the CLI's."""
+    import json
+
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from dupecheck.engines import get_model_spec, load_engine
+    from dupecheck.evidence import pdq_distances, pdq_hash
+    from dupecheck.imaging import decode
+    from helpers import jpeg_bytes
+
+    base, state, photos, idx, stop = resnet_server
+    cases = [photos[0], photos[1], photos[4], photos[5]]  # posted as they are; never posted
+    for n, src in enumerate(photos[2:4]):  # posted, re-encoded smaller
+        img = decode(src.read_bytes(), src.name).image
+        edited = tmp_path / f"reencoded-{n}.jpg"
+        edited.write_bytes(jpeg_bytes(img.resize((img.width * 4 // 5, img.height * 4 // 5)),
+                                      quality=80))
+        cases.append(edited)
+    browser.set_script_timeout(300)
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{base}/#pair={state.pairing.code}")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Paired as"))
+    wait.until(lambda d: d.execute_script(
+        "return navigator.serviceWorker.controller !== null") or d.refresh())
+    meta = browser.execute_async_script(
+        "window.dupecheck.offline.save().then(arguments[0], "
+        "(e) => arguments[0]({failed: String(e)}))")
+    assert meta.get("photos") == 4 and meta["bytes"] > 0, meta
+    stop()
+    browser.refresh()  # the computer is gone: the worker serves the page
+    assert browser.execute_async_script(
+        "window.dupecheck.offline.status().then(arguments[0])")["photos"] == 4
+    cli = subprocess_check(cases, idx, resnet50_weights)
+    spec = get_model_spec("resnet50")
+    engine = load_engine(spec, resnet50_weights, "onnx")
+    for path in cases:
+        offline = _as_blob(browser, path, "check")
+        assert "failed" not in offline, offline
+        assert offline["offline"] is True
+        theirs = cli[path.name]
+        assert offline["verdict"] == theirs["verdict"], (path.name, offline, theirs)
+        if theirs["verdict"] != "new":
+            assert offline["matches"][0]["row"] == theirs["matches"][0]["row"], path.name
+        bits = np.array(_as_blob(browser, path, "pdq"), np.uint8)
+        image = decode(path.read_bytes(), path.name, draft=spec.draft_size).image
+        assert int(pdq_distances(pdq_hash(image)[None], bits)[0]) <= 8, path.name
+        vector = np.array(_as_blob(browser, path, "embedding"), np.float32)
+        ours = engine.embed_batch(spec.to_input(image)[None])[0]
+        assert float(vector @ ours) >= 0.995, path.name
+    assert json.dumps(cli)  # the CLI's document was complete
+    # The page itself: a photo picked offline is checked on the phone and says so.
+    browser.find_element(By.ID, "photo").send_keys(str(cases[0]))
+    card = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".result")))
+    wait.until(lambda d: "offline" in card.text)
+    assert "Already posted" in card.text and "Checked on this phone, offline" in card.text
+
+
+def subprocess_check(paths, idx, weights) -> dict:
+    """The CLI's `check --json` document per photo, by file name."""
+    import json
+
+    result = CliRunner().invoke(cli_app, ["check", *map(str, paths), "--index", str(idx),
+                                          "--weights", str(weights), "--engine", "onnx",
+                                          "--json", "--top-k", "5"])
+    assert result.exit_code in (0, 1), result.output
+    return {r["photo"].rsplit("/", 1)[-1]: r for r in json.loads(result.stdout)["results"]}

@@ -11,6 +11,7 @@ embeddings are int8 with a scale per row where that keeps every row's nearest ot
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engines.registry import ModelSpec
 from .store import Index
 
 MAGIC = b"DUPECHECK-OFFLINE\n"
@@ -86,12 +88,16 @@ class OfflineCopy:
     photos: int
 
 
-def build_copy(index: Index, model: str, threshold: float,
+def build_copy(index: Index, spec: ModelSpec, threshold: float,
                not_matches: dict[str, set[str]], dest: Path | None = None) -> OfflineCopy:
     """The container for this generation and model (made once; later calls reuse it)."""
     from .thumbs import row_thumbnails
 
-    dest = dest or offline_dir() / f"{index.generation}-{model}-t{threshold:g}.bin"
+    model = spec.name
+
+    pairs = json.dumps({k: sorted(v) for k, v in sorted(not_matches.items())})
+    key = hashlib.sha256(f"{threshold:g}|{pairs}".encode()).hexdigest()[:12]
+    dest = dest or offline_dir() / f"{index.generation}-{model}-{key}.bin"
     if dest.is_file():
         with open(dest, "rb") as fh:
             start = fh.read(len(MAGIC) + 4)
@@ -125,6 +131,8 @@ def build_copy(index: Index, model: str, threshold: float,
     header = {
         "format": FORMAT_VERSION, "generation": index.generation, "model": model,
         "dim": entry.dim, "precision": entry.precision, "photos": len(index),
+        "input": {"resize": spec.resize, "crop": spec.crop, "mean": list(spec.mean),
+                  "std": list(spec.std)},
         "threshold": threshold, "embeddings_encoding": encoding, "sections": offsets,
         "rows": [{"path": p.path, "kind": p.kind, "taken_at": p.taken_at,
                   "caption": p.caption, "carousel_index": p.carousel_index}

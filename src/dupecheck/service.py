@@ -367,7 +367,8 @@ def page_csp(html: str) -> str:
     digests = [base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts]
     script_src = " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
     return ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-            f"script-src {script_src}; worker-src 'self'; manifest-src 'self'; "
+            f"script-src 'self' 'wasm-unsafe-eval' {script_src}; worker-src 'self'; "
+            "manifest-src 'self'; "
             "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
@@ -386,6 +387,8 @@ def manifest() -> dict[str, Any]:
 
 
 ICON_SIDES = (192, 512)
+VENDORED = {"ort.wasm.min.js": "text/javascript", "ort-wasm-simd-threaded.mjs": "text/javascript",
+            "ort-wasm-simd-threaded.wasm": "application/wasm", "LICENSE": "text/plain"}
 
 
 def icon_png(side: int) -> bytes:
@@ -484,6 +487,21 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         return Response(icons[side], media_type="image/png",
                         headers={"Cache-Control": "public, max-age=86400"})
 
+    @app.get("/offline.js", include_in_schema=False)
+    def offline_script() -> Response:
+        script = resources.files("dupecheck").joinpath("offline.js").read_text(encoding="utf-8")
+        return Response(script, media_type="text/javascript",
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/vendor/onnxruntime-web/{name}", include_in_schema=False)
+    def vendored(name: str) -> Response:
+        """ONNX Runtime Web, from the package (npm's files, pinned; never a CDN)."""
+        if name not in VENDORED:
+            raise ApiError(404, "no such file")
+        data = resources.files("dupecheck").joinpath(f"vendor/onnxruntime-web/{name}")
+        return Response(data.read_bytes(), media_type=VENDORED[name],
+                        headers={"Cache-Control": "public, max-age=86400"})
+
     @app.get("/sw.js", include_in_schema=False)
     def service_worker() -> Response:
         script = resources.files("dupecheck").joinpath("sw.js").read_text(encoding="utf-8")
@@ -570,7 +588,7 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         from .offline import build_copy
 
         index, _ = state.index()
-        return build_copy(index, state.spec.name, state.threshold(None),
+        return build_copy(index, state.spec, state.threshold(None),
                           NotMatches(state.index_dir).load())
 
     def offline_model() -> Path | None:

@@ -2,8 +2,11 @@
 // The page and its manifest and icons are kept in Cache Storage when it installs, and
 // refreshed from the network whenever the computer answers; /api is never cached.
 "use strict";
-const CACHE = "dupecheck-shell-v1";
-const SHELL = ["/", "/manifest.webmanifest", "/icon-192.png", "/icon-512.png"];
+const CACHE = "dupecheck-shell-v2";
+const ORT = "/vendor/onnxruntime-web/";
+const SHELL = ["/", "/manifest.webmanifest", "/icon-192.png", "/icon-512.png", "/offline.js",
+               ORT + "ort.wasm.min.js", ORT + "ort-wasm-simd-threaded.mjs",
+               ORT + "ort-wasm-simd-threaded.wasm"];
 
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));
@@ -11,7 +14,8 @@ self.addEventListener("install", (event) => {
 
 self.addEventListener("activate", (event) => {
   event.waitUntil(caches.keys()
-    .then((keys) => Promise.all(keys.filter((k) => k !== CACHE).map((k) => caches.delete(k))))
+    .then((keys) => Promise.all(keys.filter((k) => k.startsWith("dupecheck-shell") && k !== CACHE)
+      .map((k) => caches.delete(k))))
     .then(() => self.clients.claim()));
 });
 
