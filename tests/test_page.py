@@ -261,3 +261,39 @@ def subprocess_check(paths, idx, weights) -> dict:
                                           "--json", "--top-k", "5"])
     assert result.exit_code in (0, 1), result.output
     return {r["photo"].rsplit("/", 1)[-1]: r for r in json.loads(result.stdout)["results"]}
+
+
+def test_posted_while_away_is_sent_once_the_computer_answers(server, browser):
+    """'I posted it' with the computer out of reach waits in the outbox; the next time
+    the page meets the computer it is added (and leaves the outbox)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, state, _, never = server
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{base}/#pair={state.pairing.code}")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Paired as"))
+    browser.find_element(By.ID, "photo").send_keys(str(never))
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".verdict"), "Not posted"))
+    # The computer goes away (requests to it fail), then "I posted it".
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    browser.find_element(By.XPATH, "//button[text()='I posted it']").click()
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".result button"),
+                                                "when the computer is reached"))
+    assert len(open_index(state.index_dir)) == 2  # not added yet
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    wait.until(lambda d: d.execute_async_script(  # the computer answers again
+        "fetch('/api/health').then(r => arguments[0](r.ok), () => arguments[0](false))"))
+    browser.refresh()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "posted while away"))
+    assert len(open_index(state.index_dir)) == 3
+    assert browser.execute_async_script(
+        "caches.open('dupecheck-outbox-v1').then(c => c.keys()).then(k => arguments[0](k.length))"
+    ) == 0
+    browser.refresh()  # sent once: nothing left to send
+    time.sleep(1)
+    assert len(open_index(state.index_dir)) == 3

@@ -217,6 +217,7 @@ def info_document(index: Index) -> dict[str, Any]:
     dates = sorted(p.taken_at for p in index.photos if p.taken_at)
     return {
         "index": str(index.root),
+        "generation": index.generation,
         "photos": len(index.photos),
         "kinds": dict(Counter(p.kind for p in index.photos).most_common()),
         "models": {name: asdict(entry) for name, entry in index.models.items()},
