@@ -19,6 +19,12 @@
   let loaded = null;   // {header, rows, ...} of the saved copy
   let session = null;  // the ONNX Runtime session
 
+  // Python's round(): halves to even (the CLI's crops use it; Math.round goes up).
+  const pyRound = (x) => {
+    const r = Math.round(x);
+    return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+  };
+
   const bearer = () => ({Authorization: "Bearer " + localStorage.getItem(TOKEN_KEY)});
 
   async function fetchOk(url) {
@@ -228,10 +234,10 @@
     for (const [name, aspect] of VARIANTS) {
       let rect;
       if (width / height > aspect) {
-        const w = Math.max(1, Math.round(height * aspect));
+        const w = Math.max(1, pyRound(height * aspect));
         rect = [Math.floor((width - w) / 2), 0, w, height];
       } else {
-        const h = Math.max(1, Math.round(width / aspect));
+        const h = Math.max(1, pyRound(width / aspect));
         rect = [0, Math.floor((height - h) / 2), width, h];
       }
       if (1 - (rect[2] * rect[3]) / (width * height) >= MIN_CROP_CHANGE) out.push([name, rect]);
@@ -240,14 +246,14 @@
   }
 
   async function pdq(blob) {
-    const bitmap = await createImageBitmap(blob, {imageOrientation: "from-image"});
+    const bitmap = await createImageBitmap(blob, {imageOrientation: "from-image", colorSpaceConversion: "none"});
     return Array.from(pdqBits(pdqOf(bitmap, [0, 0, bitmap.width, bitmap.height])));
   }
 
   // The model's embedding of a photo's full frame (for tests and scripts).
   async function embedding(blob) {
     const {header} = await load();
-    const bitmap = await createImageBitmap(blob, {imageOrientation: "from-image"});
+    const bitmap = await createImageBitmap(blob, {imageOrientation: "from-image", colorSpaceConversion: "none"});
     const [vector] = await embed(bitmap, [[0, 0, bitmap.width, bitmap.height]], header.input);
     return Array.from(vector);
   }
@@ -276,6 +282,61 @@
     return session;
   }
 
+  // Pillow's BILINEAR resize (what the CLI's model input uses): a triangle filter whose
+  // support widens with the reduction (antialiased), one axis then the other, rounded to
+  // 8 bits between the passes. The canvas's own scaling differs enough to move an
+  // embedding (tests/test_page.py compares with the CLI's).
+  function weights(inSize, outSize) {
+    const scale = inSize / outSize, filterscale = Math.max(scale, 1), support = filterscale;
+    const out = [];
+    for (let o = 0; o < outSize; o++) {
+      const centre = (o + 0.5) * scale;
+      const lo = Math.max(Math.floor(centre - support + 0.5), 0);
+      const hi = Math.min(Math.floor(centre + support + 0.5), inSize);
+      const w = [];
+      let total = 0;
+      for (let x = lo; x < hi; x++) {
+        const t = Math.abs((x - centre + 0.5) / filterscale);
+        const v = t < 1 ? 1 - t : 0;
+        w.push(v);
+        total += v;
+      }
+      out.push([lo, w.map((v) => (total ? v / total : 0))]);
+    }
+    return out;
+  }
+
+  function resize(rgba, sw, sh, dw, dh) {
+    const across = weights(sw, dw), down = weights(sh, dh);
+    const mid = new Uint8ClampedArray(dw * sh * 3);
+    for (let y = 0; y < sh; y++) {
+      for (let x = 0; x < dw; x++) {
+        const [lo, w] = across[x];
+        let r = 0, g = 0, b = 0;
+        for (let k = 0; k < w.length; k++) {
+          const p = 4 * (y * sw + lo + k);
+          r += w[k] * rgba[p]; g += w[k] * rgba[p + 1]; b += w[k] * rgba[p + 2];
+        }
+        const q = 3 * (y * dw + x);
+        mid[q] = Math.round(r); mid[q + 1] = Math.round(g); mid[q + 2] = Math.round(b);
+      }
+    }
+    const out = new Uint8ClampedArray(dw * dh * 3);
+    for (let y = 0; y < dh; y++) {
+      const [lo, w] = down[y];
+      for (let x = 0; x < dw; x++) {
+        let r = 0, g = 0, b = 0;
+        for (let k = 0; k < w.length; k++) {
+          const p = 3 * ((lo + k) * dw + x);
+          r += w[k] * mid[p]; g += w[k] * mid[p + 1]; b += w[k] * mid[p + 2];
+        }
+        const q = 3 * (y * dw + x);
+        out[q] = Math.round(r); out[q + 1] = Math.round(g); out[q + 2] = Math.round(b);
+      }
+    }
+    return out;
+  }
+
   // The model's input for one variant: shorter side resized, a centre square, normalised
   // (as imaging.to_model_input does).
   function modelInput(bitmap, rect, spec) {
@@ -283,15 +344,15 @@
     const shorter = Math.min(w, h), longer = Math.max(w, h);
     const newLong = Math.floor((spec.resize * longer) / shorter);
     const dw = w <= h ? spec.resize : newLong, dh = w <= h ? newLong : spec.resize;
-    const rgba = draw(bitmap, rect, dw, dh);
-    const top = Math.round((dh - spec.crop) / 2), left = Math.round((dw - spec.crop) / 2);
+    const rgb = resize(draw(bitmap, rect, w, h), w, h, dw, dh);
+    const top = pyRound((dh - spec.crop) / 2), left = pyRound((dw - spec.crop) / 2);
     const plane = spec.crop * spec.crop;
     const out = new Float32Array(3 * plane);
     for (let y = 0; y < spec.crop; y++) {
       for (let x = 0; x < spec.crop; x++) {
-        const p = 4 * ((y + top) * dw + (x + left));
+        const p = 3 * ((y + top) * dw + (x + left));
         for (let c = 0; c < 3; c++) {
-          out[c * plane + y * spec.crop + x] = (rgba[p + c] / 255 - spec.mean[c]) / spec.std[c];
+          out[c * plane + y * spec.crop + x] = (rgb[p + c] / 255 - spec.mean[c]) / spec.std[c];
         }
       }
     }
@@ -329,7 +390,7 @@
     const sha = hex(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)));
     let bitmap;
     try {
-      bitmap = await createImageBitmap(blob, {imageOrientation: "from-image"});
+      bitmap = await createImageBitmap(blob, {imageOrientation: "from-image", colorSpaceConversion: "none"});
     } catch (err) {
       return {photo, verdict: "new", error: photo + ": this phone cannot decode it",
               matches: [], offline: true};
