@@ -110,6 +110,18 @@ def test_without_a_token_the_page_asks_to_pair(server, browser):
     assert browser.find_element(By.ID, "pairing").is_displayed()
 
 
+def _pair_with_the_worker_in_control(browser, wait, base: str, state) -> None:
+    """Open the QR code's link (pairing) and wait until the service worker controls the
+    page (a reload may be needed the first time)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    browser.get(f"{base}/#pair={state.pairing.code}")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Paired as"))
+    wait.until(lambda d: d.execute_script(
+        "return navigator.serviceWorker.controller !== null") or d.refresh())
+
+
 def test_the_page_installs_and_opens_with_the_computer_out_of_reach(server, browser):
     """A manifest and a service worker: once opened, the page opens again from the
     phone's copy when the server is gone, and says a check needs the computer."""
@@ -119,10 +131,7 @@ def test_the_page_installs_and_opens_with_the_computer_out_of_reach(server, brow
 
     base, state, candidate, _ = server
     wait = WebDriverWait(browser, 60)
-    browser.get(f"{base}/#pair={state.pairing.code}")
-    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Paired as"))
-    wait.until(lambda d: d.execute_script(
-        "return navigator.serviceWorker.controller !== null") or d.refresh())
+    _pair_with_the_worker_in_control(browser, wait, base, state)
     manifest = browser.execute_script(
         "return document.querySelector('link[rel=manifest]').href")
     assert manifest == f"{base}/manifest.webmanifest"
@@ -215,10 +224,7 @@ def test_a_copy_kept_on_the_phone_checks_offline_as_the_cli_does(resnet_server, 
         cases.append(edited)
     browser.set_script_timeout(300)
     wait = WebDriverWait(browser, 120)
-    browser.get(f"{base}/#pair={state.pairing.code}")
-    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Paired as"))
-    wait.until(lambda d: d.execute_script(
-        "return navigator.serviceWorker.controller !== null") or d.refresh())
+    _pair_with_the_worker_in_control(browser, wait, base, state)
     meta = browser.execute_async_script(
         "window.dupecheck.offline.save().then(arguments[0], "
         "(e) => arguments[0]({failed: String(e)}))")
