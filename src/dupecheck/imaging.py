@@ -74,7 +74,6 @@ class _DecodingAhead:
         self.data: bytes | None = None
         self.draft = draft
         self.result: DecodedPhoto | ImageError | None = None
-        self.drafted = False
         self._thread = threading.Thread(target=self._run, args=(path,),
                                         name="dupecheck-decode-ahead")
         self._thread.start()
@@ -84,23 +83,23 @@ class _DecodingAhead:
             if path.stat().st_size > MAX_PHOTO_BYTES:
                 return
             self.data = path.read_bytes()
-            self.result, self.drafted = _decode_upright(self.data, str(path), self.draft)
+            self.result = _decode_upright(self.data, str(path), self.draft)
         except ImageError as exc:
             self.result = exc
         except Exception:  # noqa: BLE001 - unreadable now: the real read reports it
             self.data = None
 
-    def take(self, data: bytes, draft: int | None) -> tuple[DecodedPhoto, bool] | None:
-        """The upright photo and whether it is drafted already, when it was decoded from
-        these very bytes as `decode` would decode them now (a JPEG: at the same draft)."""
+    def take(self, data: bytes, draft: int | None) -> DecodedPhoto | None:
+        """The upright photo, when it was decoded from these very bytes as `decode` would
+        decode them now (at the same draft)."""
         self._thread.join()
         if self.data is None or self.data != data:
             return None
         if isinstance(self.result, ImageError):
             raise self.result
-        if self.result is None or (self.drafted and draft != self.draft):
+        if self.result is None or draft != self.draft:
             return None
-        return self.result, self.drafted
+        return self.result
 
 
 _ahead: dict[str, _DecodingAhead] = {}
@@ -135,17 +134,13 @@ def decode(data: bytes, name: str, draft: int | None = None,
     """
     ahead = _ahead.pop(name, None) if _ahead and max_pixels == MAX_PIXELS else None
     taken = ahead.take(data, draft) if ahead is not None else None
-    photo, drafted = (taken if taken is not None
-                      else _decode_upright(data, name, draft, max_pixels))
-    if draft and not drafted:
-        return DecodedPhoto(reduce_to(photo.image, draft), photo.taken_at)
-    return photo
+    return taken if taken is not None else _decode_upright(data, name, draft, max_pixels)
 
 
 def _decode_upright(data: bytes, name: str, draft: int | None,
-                    max_pixels: int = MAX_PIXELS) -> tuple[DecodedPhoto, bool]:
-    """Upright RGB, and whether it came out at `draft` already (with a draft, every format
-    does: a JPEG decodes reduced, the others are reduced before they become RGB)."""
+                    max_pixels: int = MAX_PIXELS) -> DecodedPhoto:
+    """Upright RGB, at `draft` where given (a JPEG decodes reduced, the others are reduced
+    before they become RGB)."""
     fmt = sniff(data[:64])
     _register_openers(heif=fmt in ("heif", "avif"))
     if not data:
@@ -173,8 +168,7 @@ def _decode_upright(data: bytes, name: str, draft: int | None,
             upright = img
         upright = upright if upright is not None else img
         upright.load()
-        rgb = to_rgb(upright, None if jpeg_draft else draft)
-        return DecodedPhoto(rgb, taken_at), bool(draft)
+        return DecodedPhoto(to_rgb(upright, None if jpeg_draft else draft), taken_at)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -248,7 +242,7 @@ def _grey8(img: Image.Image) -> Image.Image:
     import numpy as np
 
     width, height = img.size
-    low, peak = img.getextrema()
+    _, peak = img.getextrema()
     sixteen = img.mode.startswith("I;16") or (img.mode == "I" and peak > 255)
     scale = 255.0 if img.mode == "F" and peak <= 1.0 else 1.0
     out = np.empty((height, width), dtype=np.uint8)

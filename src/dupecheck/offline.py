@@ -1,12 +1,13 @@
 """The phone's copy of the index: what an offline check needs, compactly, in one file.
 
-One container per index generation and model, built once and kept in the user cache
-(`offline/<generation>-<model>.bin`): a magic line, a JSON header (the generation, the
-model, the threshold in force, each row's date, kind, caption, carousel position and
-path, the pairs marked not a match) and binary sections the header points at (little
-endian): the embeddings, PDQ hashes, SHA-256 column and small JPEG thumbnails. The
-embeddings are int8 with a scale per row where that keeps every row's nearest other row
-(its top-1 neighbour) as float32 has it, else float16, else float32.
+One container per index generation, model, threshold and set of pairs marked not a
+match, built once and kept in the user cache (`offline/<generation>-<model>-<key>.bin`):
+a magic line, a JSON header (the generation, the model and its input, the threshold in
+force, each row's date, kind, caption, carousel position and path, the pairs marked not
+a match) and binary sections the header points at (little endian): the embeddings, PDQ
+hashes, SHA-256 column and small JPEG thumbnails. The embeddings are int8 with a scale
+per row where that keeps every row's nearest other row (its top-1 neighbour) as float32
+has it, else float16, else float32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .engines.registry import ModelSpec
-from .store import Index
+from .store import Index, sha256_column
 
 MAGIC = b"DUPECHECK-OFFLINE\n"
 FORMAT_VERSION = 1
@@ -83,6 +84,7 @@ def encode_embeddings(matrix: np.ndarray) -> tuple[str, list[tuple[str, bytes]]]
 @dataclass(frozen=True)
 class OfflineCopy:
     path: Path
+    generation: str
     bytes: int
     encoding: str
     photos: int
@@ -94,9 +96,8 @@ def build_copy(index: Index, spec: ModelSpec, threshold: float,
     from .thumbs import row_thumbnails
 
     model = spec.name
-
-    pairs = json.dumps({k: sorted(v) for k, v in sorted(not_matches.items())})
-    key = hashlib.sha256(f"{threshold:g}|{pairs}".encode()).hexdigest()[:12]
+    not_pairs = {k: sorted(v) for k, v in sorted(not_matches.items())}
+    key = hashlib.sha256(f"{threshold:g}|{json.dumps(not_pairs)}".encode()).hexdigest()[:12]
     dest = dest or offline_dir() / f"{index.generation}-{model}-{key}.bin"
     if dest.is_file():
         with open(dest, "rb") as fh:
@@ -104,12 +105,12 @@ def build_copy(index: Index, spec: ModelSpec, threshold: float,
             if start.startswith(MAGIC):
                 (length,) = struct.unpack_from("<I", start, len(MAGIC))
                 header = read_header(start + fh.read(length))
-                return OfflineCopy(dest, dest.stat().st_size, header["embeddings_encoding"],
-                                   header["photos"])
+                return OfflineCopy(dest, header["generation"], dest.stat().st_size,
+                                   header["embeddings_encoding"], header["photos"])
     matrix = np.asarray(index.embeddings(model), np.float32)
     encoding, sections = encode_embeddings(matrix)
     sections.append(("pdq", np.ascontiguousarray(index.pdq, np.uint8).tobytes()))
-    sections.append(("sha256", b"".join(bytes.fromhex(p.sha256) for p in index.photos)))
+    sections.append(("sha256", sha256_column(index.photos).tobytes()))
     thumbs = row_thumbnails(index, list(range(len(index))), THUMB_SIDE, workers=2)
     blobs = []
     for img in thumbs:
@@ -137,7 +138,7 @@ def build_copy(index: Index, spec: ModelSpec, threshold: float,
         "rows": [{"path": p.path, "kind": p.kind, "taken_at": p.taken_at,
                   "caption": p.caption, "carousel_index": p.carousel_index}
                  for p in index.photos],
-        "not_pairs": {k: sorted(v) for k, v in sorted(not_matches.items())},
+        "not_pairs": not_pairs,
     }
     head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def build_copy(index: Index, spec: ModelSpec, threshold: float,
         for _, data in sections:
             fh.write(data)
     os.replace(tmp, dest)
-    return OfflineCopy(dest, dest.stat().st_size, encoding, len(index))
+    return OfflineCopy(dest, index.generation, dest.stat().st_size, encoding, len(index))
 
 
 def read_header(data: bytes) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 from .engines import Engine, ModelSpec, load_engine
 from .engines.base import choose_engine
 from .errors import DupecheckError, IndexUnusable, UsageError
-from .store import Index
+from .store import Index, ModelEntry
 
 FP32 = "fp32"
 INT8 = "int8"
@@ -71,6 +71,17 @@ def index_pixels(index: Index, spec: ModelSpec, shas: Sequence[str]) -> np.ndarr
                                     index.root) from exc
             out.append(spec.to_input(image))
     return np.stack(out)
+
+
+def onnx_model_file(spec: ModelSpec, entry: ModelEntry) -> Path:
+    """Where the ONNX model this index's embeddings come from is cached: the int8 model
+    calibrated on the recorded photos, else the fp32 graph (made by `engine_for`)."""
+    from .engines.onnx_engine import onnx_cache_path
+    from .engines.quantize import int8_cache_path
+
+    if entry.precision == INT8:
+        return int8_cache_path(spec, entry.weights_sha256, entry.calibration or [])
+    return onnx_cache_path(spec, entry.weights_sha256)
 
 
 def engine_for(index: Index, spec: ModelSpec, weights: Path, engine: str = "auto") -> Engine:

@@ -65,6 +65,8 @@ FAILURE_CLIENTS = 4096  # clients remembered at most (the longest quiet forgotte
 MAX_STRANGER_REQUESTS = 64
 MAX_OWNER_REQUESTS = 8
 TOKEN_SCOPE_KEY = "dupecheck.token"  # the token's name, set by Gate for the app below it
+TOKEN_NEEDED = ("a valid token is needed: `Authorization: Bearer TOKEN` "
+                "(`dupecheck token create NAME`)")
 
 # Host names answered besides IP literals (a DNS-rebinding page always names its own
 # host) and the names `serve` is told (--public-url, --allow-host): tailnet names under
@@ -281,8 +283,7 @@ class Gate:
             if self._needs_token(scope.get("path", "")):
                 client = (scope.get("client") or ("?",))[0]
                 await _pause(self.state.failures.record(client))
-                await _error(401, "a valid token is needed: `Authorization: Bearer TOKEN` "
-                                  "(`dupecheck token create NAME`)")(scope, receive, send)
+                await _error(401, TOKEN_NEEDED)(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
         finally:
@@ -351,8 +352,13 @@ def _safe_name(name: str | None, n: int) -> str:
     return base or f"photo-{n}"
 
 
+def packaged(name: str) -> bytes:
+    """A file shipped inside the package (the page, its scripts, ONNX Runtime Web)."""
+    return resources.files("dupecheck").joinpath(name).read_bytes()
+
+
 def page_html() -> str:
-    return resources.files("dupecheck").joinpath("page.html").read_text(encoding="utf-8")
+    return packaged("page.html").decode("utf-8")
 
 
 def page_csp(html: str) -> str:
@@ -463,8 +469,7 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         without a valid one; this is the second lock on the same door)."""
         name = request.scope.get(TOKEN_SCOPE_KEY)
         if name is None:
-            raise ApiError(401, "a valid token is needed: `Authorization: Bearer TOKEN` "
-                                "(`dupecheck token create NAME`)")
+            raise ApiError(401, TOKEN_NEEDED)
         return str(name)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -489,8 +494,7 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
 
     @app.get("/offline.js", include_in_schema=False)
     def offline_script() -> Response:
-        script = resources.files("dupecheck").joinpath("offline.js").read_text(encoding="utf-8")
-        return Response(script, media_type="text/javascript",
+        return Response(packaged("offline.js"), media_type="text/javascript",
                         headers={"Cache-Control": "no-cache"})
 
     @app.get("/vendor/onnxruntime-web/{name}", include_in_schema=False)
@@ -498,14 +502,12 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         """ONNX Runtime Web, from the package (npm's files, pinned; never a CDN)."""
         if name not in VENDORED:
             raise ApiError(404, "no such file")
-        data = resources.files("dupecheck").joinpath(f"vendor/onnxruntime-web/{name}")
-        return Response(data.read_bytes(), media_type=VENDORED[name],
+        return Response(packaged(f"vendor/onnxruntime-web/{name}"), media_type=VENDORED[name],
                         headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/sw.js", include_in_schema=False)
     def service_worker() -> Response:
-        script = resources.files("dupecheck").joinpath("sw.js").read_text(encoding="utf-8")
-        return Response(script, media_type="text/javascript",
+        return Response(packaged("sw.js"), media_type="text/javascript",
                         headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"})
 
     @app.get("/api/health")
@@ -593,14 +595,10 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
 
     def offline_model() -> Path | None:
         """The ONNX file the index's embeddings come from (int8 where it is int8)."""
-        from .engines.onnx_engine import onnx_cache_path
-        from .engines.quantize import int8_cache_path
+        from .precision import onnx_model_file
 
         index, _ = state.index()
-        entry = index.models[state.spec.name]
-        path = (int8_cache_path(state.spec, entry.weights_sha256, entry.calibration or [])
-                if entry.precision == "int8" else
-                onnx_cache_path(state.spec, entry.weights_sha256))
+        path = onnx_model_file(state.spec, index.models[state.spec.name])
         return path if path.is_file() else None
 
     @app.get("/api/offline/info", dependencies=token)
@@ -608,7 +606,7 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         """What keeping a copy on the phone takes, before it is downloaded."""
         copy = await anyio.to_thread.run_sync(offline_copy, limiter=workers)
         model = offline_model()
-        return JSONResponse({"generation": state.index()[0].generation, "photos": copy.photos,
+        return JSONResponse({"generation": copy.generation, "photos": copy.photos,
                              "bytes": copy.bytes, "embeddings": copy.encoding,
                              "model_bytes": model.stat().st_size if model else None})
 
@@ -673,7 +671,6 @@ def _thumbnail(index: Index, row: int) -> bytes | None:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=80)
     return buf.getvalue()
-
 
 
 def is_loopback(host: str) -> bool:

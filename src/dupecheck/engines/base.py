@@ -8,7 +8,7 @@ import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,6 +54,17 @@ def torch_installed() -> bool:
     return extra_installed("torch")
 
 
+def resolve(ref: str, spec: ModelSpec, what: str) -> Callable[..., Any]:
+    """The function a spec names ("module:function"), imported on use. A `torch_*` module
+    (the only place torch is imported) needs the spec's optional install: without it, one
+    line naming the extra to install (exit 3), not an ImportError."""
+    module_name, _, func_name = ref.partition(":")
+    extra = spec.extra or "torch"
+    if module_name.rsplit(".", 1)[-1].startswith("torch_") and not extra_installed(extra):
+        raise needs_extra(extra, what)
+    return getattr(importlib.import_module(module_name), func_name)
+
+
 def choose_engine(engine: str = "auto") -> str:
     """auto: ONNX Runtime on a CPU-only machine, torch where CUDA or MPS can run it (and
     the torch extra is installed)."""
@@ -70,10 +81,7 @@ def load_engine(spec: ModelSpec, weights: Path, engine: str = "auto",
                 weights_sha256: str | None = None) -> Engine:
     """Build the spec's model with its weights from a local file, on the chosen engine."""
     if spec.builder:  # a model that is not a torch module brings its own engine
-        module_name, _, func_name = spec.builder.partition(":")
-        builder: Callable[[ModelSpec, Path], Engine] = getattr(
-            importlib.import_module(module_name), func_name)
-        return builder(spec, weights)
+        return resolve(spec.builder, spec, spec.name)(spec, weights)
     if choose_engine(engine) == "onnx":
         from .onnx_engine import load_onnx_engine
         from .weights import file_sha256

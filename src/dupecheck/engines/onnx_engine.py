@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WeightsUnavailable, needs_extra
+from ..errors import WeightsUnavailable
 from .base import l2_normalise
 from .registry import ModelSpec
 
@@ -134,18 +134,13 @@ def _remove(path: Path) -> None:
 def make_onnx(spec: ModelSpec, weights: Path, dest: Path) -> Path:
     """Write the spec's ONNX graph for these weights to `dest`: built from the checkpoint
     without torch where the spec says how, else exported from its torch module."""
-    import importlib
+    from .base import resolve
 
     if spec.onnx_graph:
-        module_name, _, func_name = spec.onnx_graph.partition(":")
-        return getattr(importlib.import_module(module_name), func_name)(weights, spec, dest)
-    from .base import extra_installed
-
-    if not extra_installed(spec.extra or "torch"):
-        raise needs_extra(spec.extra or "torch", f"{spec.name}'s first use")
-    from .torch_models import export_onnx  # torch only for the one-time export
-
-    return export_onnx(spec, weights, dest)
+        return resolve(spec.onnx_graph, spec, spec.name)(weights, spec, dest)
+    export = resolve("dupecheck.engines.torch_models:export_onnx", spec,
+                     f"{spec.name}'s first use")  # torch only for the one-time export
+    return export(spec, weights, dest)
 
 
 def load_onnx_engine(spec: ModelSpec, weights: Path, weights_sha256: str) -> OnnxEngine:

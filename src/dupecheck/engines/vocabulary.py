@@ -7,7 +7,6 @@ own text tower (zero-shot). Either way the names come from the model and may be 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +54,6 @@ def load_vocabulary(spec: ModelSpec, weights: Path) -> Vocabulary | None:
     """The model's vocabulary from its own weights file; None for a model that has none."""
     if spec.vocabulary is None:
         return None
-    module_name, _, func_name = spec.vocabulary.partition(":")
-    if module_name.endswith(".torch_models"):
-        from .base import extra_installed
+    from .base import resolve
 
-        if not extra_installed(spec.extra or "torch"):
-            from ..errors import needs_extra
-
-            raise needs_extra(spec.extra or "torch", f"{spec.name}'s motif names")
-    factory = getattr(importlib.import_module(module_name), func_name)
-    return factory(weights, spec)
+    return resolve(spec.vocabulary, spec, f"{spec.name}'s motif names")(weights, spec)
