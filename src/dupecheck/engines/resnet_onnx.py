@@ -76,8 +76,10 @@ class _Graph:
         return f"{name}.out"
 
 
-def resnet50_graph(state: dict[str, np.ndarray]):  # -> onnx.ModelProto
-    """The ONNX model: input `pixels` (N, 3, H, W) float32, output `embedding` (N, 2048)."""
+def resnet50_graph(state: dict[str, np.ndarray], side: int):  # -> onnx.ModelProto
+    """The ONNX model: input `pixels` (N, 3, side, side) float32, output `embedding`
+    (N, 2048). The side is fixed, as torch's export fixes it: with H and W unknown, ONNX
+    Runtime plans every convolution at run time (7% slower a batch on the 2-core VM)."""
     from onnx import TensorProto, helper
 
     g = _Graph(state)
@@ -95,7 +97,8 @@ def resnet50_graph(state: dict[str, np.ndarray]):  # -> onnx.ModelProto
     g.nodes.append(helper.make_node("Flatten", ["pooled"], ["embedding"], axis=1))
     graph = helper.make_graph(
         g.nodes, "resnet50",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, None, None])],
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
+                                               ["batch", 3, side, side])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 2048])],
         g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
@@ -110,7 +113,7 @@ def build_resnet50_onnx(weights: Path, spec: ModelSpec, dest: Path) -> Path:
 
     state = read_state_dict(weights)
     try:
-        model = resnet50_graph(state)
+        model = resnet50_graph(state, spec.crop)
     except KeyError as exc:
         raise WeightsUnavailable(f"not a {spec.name} checkpoint (no {exc.args[0]})",
                                  weights) from None
