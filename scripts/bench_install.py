@@ -4,10 +4,11 @@
 
 Each revision is cloned afresh and runs `make demo` from nothing (its own venv, its own
 empty dupecheck, torch and Hugging Face caches; pip's cache is shared and warm, so the
-time is installing, not downloading). Reports the wall time, the demo venv's size (du)
-and the bytes of the wheels that venv is made of (what a machine with an empty pip cache
-downloads; `pip download` of its frozen requirements), and the ratios. Prints a table,
-writes JSON.
+time is installing, not downloading). Reports the wall time, the demo venv's size (du),
+the size of a fresh venv where `pip install .` ran (what a user's install takes: pip
+byte-compiles it all), the bytes of the wheels that venv is made of (what a machine with
+an empty pip cache downloads; `pip download` of its frozen requirements), and the
+ratios. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def wheel_bytes(venv: Path, work: Path) -> int:
     frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable"],
                             capture_output=True, text=True, check=True).stdout
     reqs = work / "requirements.txt"
-    reqs.write_text(frozen)
+    reqs.write_text("\n".join(line for line in frozen.splitlines()
+                              if not line.startswith("dupecheck")))  # the package itself
     dest = work / "wheels"
     subprocess.run([str(python), "-m", "pip", "download", "--quiet", "--no-deps", "-r",
                     str(reqs), "-d", str(dest)], check=True, capture_output=True)
@@ -58,9 +60,15 @@ def run(rev: str, work: Path) -> dict:
                           text=True)
     seconds = time.perf_counter() - start
     venv = next(p for p in (clone / ".venv-demo", clone / ".venv") if p.is_dir())
+    demo_bytes = du(venv)
+    installed = work / "installed"  # `pip install .`, as a user's install is
+    subprocess.run([sys.executable, "-m", "venv", str(installed)], check=True)
+    subprocess.run([str(installed / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                    "--disable-pip-version-check", str(clone)], check=True, env=env)
     return {"rev": rev, "exit": done.returncode, "seconds": seconds, "venv": venv.name,
-            "venv_bytes": du(venv), "wheel_bytes": wheel_bytes(venv, work),
-            "torch": bool(list((venv / "lib").glob("python3*/site-packages/torch")))}
+            "demo_venv_bytes": demo_bytes, "venv_bytes": du(installed),
+            "wheel_bytes": wheel_bytes(installed, work),
+            "torch": bool(list((installed / "lib").glob("python3*/site-packages/torch")))}
 
 
 def main() -> int:
@@ -83,7 +91,9 @@ def main() -> int:
     table("make demo on a fresh clone (pip's cache warm)", ["", args.baseline, "now", "ratio"], [
         ["wall time, s", f"{before['seconds']:.1f}", f"{now['seconds']:.1f}",
          f"{doc['time_ratio']:.2f}x"],
-        ["demo venv, MB (du)", f"{before['venv_bytes'] / 1e6:.0f}",
+        ["demo venv, MB (du)", f"{before['demo_venv_bytes'] / 1e6:.0f}",
+         f"{now['demo_venv_bytes'] / 1e6:.0f}", ""],
+        ["`pip install .` venv, MB (du)", f"{before['venv_bytes'] / 1e6:.0f}",
          f"{now['venv_bytes'] / 1e6:.0f}", f"{doc['venv_ratio']:.2f}x"],
         ["wheels to download, MB", f"{before['wheel_bytes'] / 1e6:.0f}",
          f"{now['wheel_bytes'] / 1e6:.0f}", f"{doc['wheel_ratio']:.2f}x"],
