@@ -1,16 +1,19 @@
-"""The phone's offline copy: its size, and a check of a 12 MP JPEG in headless Chromium.
+"""The phone's offline copy of a 10,000-photo index: its size, and a check of a 12 MP JPEG
+against it in headless Chromium.
 
-    python scripts/bench_offline.py [--photos ../shared/data/photos] [--runs 5]
-                                    [--out bench-offline.json]
+    python scripts/bench_offline.py [--photos ../shared/data/photos] [--rows 10000]
+                                    [--runs 5] [--out bench-offline.json]
 
-Index: the photos as an export holds them, ResNet-50 with random weights (sizes and
-speed do not depend on their values). Size: the copy's bytes per photo on this index
-(embeddings as encoded, PDQ, SHA-256, 64 px thumbnails, the header's rows), and what that
-makes for 10,000 photos (per-photo bytes x 10,000: a projection from these photos, said
-so), with the fp32 model and with the int8 model beside it. Speed: in Debian's Chromium,
-served on loopback, the copy kept, the server stopped: `check()` of a 12 MP JPEG (the
-phone HEIC's pixels) and the model alone on it (`embedding()`), median of --runs after
-one warm-up. Prints a table, writes JSON.
+The index: an export of --rows photos written as Instagram keeps them (layout C,
+posts_1.json with captions, a fifth of the posts carousels, the media 1080 px wide,
+progressive JPEG at quality 85, Instagram's file names), each photo a different re-edit
+(crop, straightening, grade, black and white: calibrate's edits, random parameters) of
+one of the real photos, indexed by ResNet-50 with random weights. Size: the copy as
+`build_copy` writes it, every section's bytes, the encoding its embeddings got, and the
+total with the int8 model and with the fp32 model. Speed: in Debian's Chromium, served on
+loopback, the copy kept, the server stopped: `check()` of a 12 MP JPEG (the phone HEIC's
+pixels) against all rows, and the model alone on it (`embedding()`), median of --runs
+after one warm-up. Prints tables, writes JSON.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import base64
 import io
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +38,68 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from bench import machine, random_weights, table  # noqa: E402
 
-from helpers import CHROMEDRIVER, CHROMIUM, instagramify, served_on_loopback  # noqa: E402
+from helpers import CHROMEDRIVER, CHROMIUM, mojibake, post, served_on_loopback  # noqa: E402
+
+WORDS = ("light", "morning", "street", "sea", "film", "grain", "walk", "old", "town", "late",
+         "summer", "winter", "blue", "hour", "coffee", "friends", "home", "road", "trip", "rain",
+         "quiet", "Lisboa", "München", "été", "café", "🌊", "☀️", "📷")
+_ORIGINALS: list = []
+
+
+def _caption(rng: random.Random) -> str:
+    """Lengths as captions run: often a few words, sometimes a paragraph and hashtags."""
+    words = max(0, int(rng.lognormvariate(2.3, 1.0)))
+    text = " ".join(rng.choice(WORDS) for _ in range(min(words, 300)))
+    tags = " ".join("#" + rng.choice(WORDS[:20]) for _ in range(rng.choice((0, 0, 3, 12))))
+    return (text + (" " + tags if tags else "")).strip()
+
+
+def _media(job: tuple[int, int, int]) -> bytes:
+    """Photo `i`: a re-edit of original `source`, as Instagram keeps it (1080 px wide)."""
+    from PIL import Image
+
+    from dupecheck.calibrate import REEDITS
+
+    i, source, seed = job
+    rng = random.Random(seed * 1_000_003 + i)
+    edited = REEDITS[rng.choice(list(REEDITS))](_ORIGINALS[source], rng)
+    if edited.width > 1080:
+        edited = edited.resize((1080, round(edited.height * 1080 / edited.width)),
+                               Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    edited.save(buf, "JPEG", quality=85, progressive=True)
+    return buf.getvalue()
+
+
+def write_export(photos: list[Path], root: Path, rows: int, seed: int = 0) -> None:
+    """An Instagram export (layout C) of `rows` photos made from `photos` (see the top)."""
+    from multiprocessing import get_context
+
+    from dupecheck.imaging import decode
+
+    _ORIGINALS[:] = [decode(p.read_bytes(), p.name, draft=1080).image for p in photos]
+    rng = random.Random(seed)
+    jobs, posts, ts = [], [], 1_420_070_400
+    while len(jobs) < rows:
+        size = 1 if rng.random() < 0.8 else min(rng.randint(2, 10), rows - len(jobs))
+        ts += rng.randint(3_600, 30 * 86_400) // 4
+        month = time.strftime("%Y%m", time.gmtime(ts))
+        uris = []
+        for _ in range(size):
+            uris.append(f"media/posts/{month}/{rng.randrange(10**16, 10**17)}_"
+                        f"{rng.randrange(10**15, 10**16)}_n_{rng.randrange(10**16, 10**17)}.jpg")
+            jobs.append((len(jobs), rng.randrange(len(_ORIGINALS)), seed))
+        posts.append(post(uris if size > 1 else uris[0], ts, mojibake(_caption(rng))))
+    names = [u for p in posts for u in ([m["uri"] for m in p["media"]])]
+    with get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        for name, data in zip(names, pool.imap(_media, jobs, chunksize=16), strict=True):
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    content = root / "your_instagram_activity" / "content"
+    content.mkdir(parents=True, exist_ok=True)
+    (content / "posts_1.json").write_text(json.dumps(posts))
+    _ORIGINALS.clear()
 
 
 def twelve_mp_jpeg(photos: Path) -> bytes:
@@ -53,6 +119,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/photos")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=10_000, help="photos in the index")
     parser.add_argument("--out", type=Path, default=REPO / "bench-offline.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dupecheck-offline-"))
@@ -78,37 +145,43 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
     spec = get_model_spec("resnet50")
     export = work / "export"
-    export.mkdir()
     sources = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".heic"))
-    for i, path in enumerate(sources):
-        (export / f"{i:03d}.jpg").write_bytes(instagramify(path.read_bytes()))
+    started = time.perf_counter()
+    write_export(sources, export, args.rows)
+    made_s = time.perf_counter() - started
     weights = random_weights("resnet50", work)
+    started = time.perf_counter()
     build_index([export], work / "idx", spec, weights, engine="onnx")
+    index_s = time.perf_counter() - started
     index = open_index(work / "idx")
+    started = time.perf_counter()
     copy = build_copy(index, spec, 1.0, {})
+    copy_s = time.perf_counter() - started
     header, sections = read_copy(copy.path.read_bytes())
-    per_photo = copy.bytes / len(index)
     fp32_model = onnx_cache_path(spec, file_sha256(weights))
     int8_model = work / "int8.onnx"
-    pixels = [spec.to_input(decode((export / f"{i:03d}.jpg").read_bytes(), "p",
-                                   draft=spec.archive_draft_size).image) for i in range(32)]
+    media = sorted(export.glob("media/posts/*/*.jpg"))[:32]
+    pixels = [spec.to_input(decode(p.read_bytes(), "p", draft=spec.archive_draft_size).image)
+              for p in media]
     import numpy as np
 
     quantize(fp32_model, np.stack(pixels), int8_model)
     sizes = {name: len(data) for name, data in sections.items()}
-    doc = {"machine": machine(), "photos": len(index), "copy_bytes": copy.bytes,
-           "embeddings": copy.encoding, "sections": sizes, "per_photo_bytes": per_photo,
+    sizes["header (rows: path, date, kind, caption, carousel)"] = copy.bytes - sum(sizes.values())
+    n = len(index)
+    doc = {"machine": machine(), "photos": n, "copy_bytes": copy.bytes,
+           "embeddings": copy.encoding, "sections": sizes, "per_photo_bytes": copy.bytes / n,
            "fp32_model_bytes": fp32_model.stat().st_size,
-           "int8_model_bytes": int8_model.stat().st_size}
-    ten_k = per_photo * 10_000
-    table(f"the phone's copy ({len(index)} real photos; 10,000 projected from them)",
-          ["", "MB"],
-          [["copy of this index", f"{copy.bytes / 1e6:.2f}"],
-           [f"  per photo, bytes ({copy.encoding} embeddings)", f"{per_photo:.0f}"],
-           ["copy of 10,000 photos (projected)", f"{ten_k / 1e6:.1f}"],
-           ["  + the int8 model", f"{(ten_k + doc['int8_model_bytes']) / 1e6:.1f}"],
-           ["  + the fp32 model", f"{(ten_k + doc['fp32_model_bytes']) / 1e6:.1f}"]])
-    print("   sections:", {k: f"{v / len(index):.0f} B/photo" for k, v in sizes.items()})
+           "int8_model_bytes": int8_model.stat().st_size,
+           "seconds": {"export": made_s, "index": index_s, "copy": copy_s}}
+    table(f"the phone's copy of a {n:,}-photo index (embeddings: {copy.encoding}; "
+          f"built in {copy_s:.1f} s)", ["", "MB", "bytes a photo"],
+          [*[[f"  {name}", f"{b / 1e6:.2f}", f"{b / n:.0f}"] for name, b in sizes.items()],
+           ["the copy", f"{copy.bytes / 1e6:.1f}", f"{copy.bytes / n:.0f}"],
+           ["the int8 model", f"{doc['int8_model_bytes'] / 1e6:.1f}", ""],
+           ["the fp32 model", f"{doc['fp32_model_bytes'] / 1e6:.1f}", ""],
+           ["copy + int8 model", f"{(copy.bytes + doc['int8_model_bytes']) / 1e6:.1f}", ""],
+           ["copy + fp32 model", f"{(copy.bytes + doc['fp32_model_bytes']) / 1e6:.1f}", ""]])
 
     if not (CHROMIUM and CHROMEDRIVER):
         print("no chromium: the timing is left out")
@@ -138,8 +211,6 @@ def run(args: argparse.Namespace, work: Path) -> int:
             port = serving.__enter__()
             try:
                 driver.get(f"http://127.0.0.1:{port}/#pair={state.pairing.code}")
-                import time
-
                 time.sleep(2)
                 driver.execute_async_script(
                     "window.dupecheck.offline.save().then(arguments[0])")
@@ -153,7 +224,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
         finally:
             driver.quit()
         doc["chromium_ms"] = results
-        table("offline, in headless Chromium (one thread of WASM), a 12 MP JPEG",
+        table(f"offline, in headless Chromium (one thread of WASM), a 12 MP JPEG against "
+              f"{n:,} photos",
               ["", "median ms", "runs"],
               [["check() (decode, SHA-256, PDQ x 4 + 8, model, rank)",
                 f"{statistics.median(results['check']):.0f}", str(args.runs)],

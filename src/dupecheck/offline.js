@@ -1,5 +1,6 @@
 // dupecheck offline: the phone keeps a copy of the index and checks photos itself.
-// window.dupecheck.offline = {save(), status(), check(blob, name), forget(), pdq(blob)}.
+// window.dupecheck.offline = {save(), status(), check(blob, name), forget(), pdq(blob),
+// embedding(blob), thumbnail(row), header()}.
 // The copy (offline.py's container) and the model (ONNX) live in Cache Storage; the
 // model runs in ONNX Runtime Web (WASM), served by `dupecheck serve` from the package.
 // The verdict follows the CLI's rules: exact (SHA-256 of the bytes), near-identical (PDQ
@@ -9,6 +10,7 @@
 "use strict";
 (() => {
   const CACHE = "dupecheck-offline-v1";
+  const COPY_FORMAT = 2;  // offline.py's FORMAT_VERSION
   const ORT_BASE = "/vendor/onnxruntime-web/";
   const TOKEN_KEY = "dupecheck-token";
   const PDQ_MATCH_DISTANCE = 31;
@@ -90,20 +92,53 @@
       return buf.slice(body + off, body + off + len);  // a copy: aligned for typed arrays
     };
     const n = header.photos, dim = header.dim;
-    let vectors;
-    if (header.embeddings_encoding === "int8") {
+    if (header.format !== COPY_FORMAT) {
+      throw new Error("the copy on this phone was made by another version of dupecheck: keep a new one");
+    }
+    // scorer(query) -> (row -> the query's dot product with that row), read in place:
+    // int8 rows stay int8 in memory (10,000 photos: 20 MB, not 80 as float32).
+    const encoding = header.embeddings_encoding;
+    let scorer;
+    if (encoding === "int8-pca") {
+      // row = mean + coefficients . basis + codes * scale (offline.py's PcaRows)
+      const k = header.components;
+      const mean = new Float32Array(section("mean"));
+      const basis = halfToFloat(new Uint16Array(section("basis")));
+      const coefficients = halfToFloat(new Uint16Array(section("coefficients")));
       const codes = new Int8Array(section("embeddings"));
       const scales = new Float32Array(section("scales"));
-      vectors = new Float32Array(n * dim);
-      for (let r = 0; r < n; r++) {
-        for (let d = 0; d < dim; d++) vectors[r * dim + d] = codes[r * dim + d] * scales[r];
-      }
-    } else if (header.embeddings_encoding === "float16") {
-      vectors = halfToFloat(new Uint16Array(section("embeddings")));
+      scorer = (v) => {
+        let base = 0;
+        for (let d = 0; d < dim; d++) base += v[d] * mean[d];
+        const projected = new Float32Array(k);
+        for (let c = 0; c < k; c++) {
+          let s = 0;
+          for (let d = 0, o = c * dim; d < dim; d++) s += v[d] * basis[o + d];
+          projected[c] = s;
+        }
+        return (r) => {
+          let p = 0, s = 0;
+          for (let c = 0, o = r * k; c < k; c++) p += projected[c] * coefficients[o + c];
+          for (let d = 0, o = r * dim; d < dim; d++) s += v[d] * codes[o + d];
+          return base + p + scales[r] * s;
+        };
+      };
     } else {
-      vectors = new Float32Array(section("embeddings"));
+      const mean = encoding === "float16-centred" ? new Float32Array(section("mean")) : null;
+      const vectors = encoding === "float16-centred"
+        ? halfToFloat(new Uint16Array(section("embeddings")))
+        : new Float32Array(section("embeddings"));
+      scorer = (v) => {
+        let base = 0;
+        if (mean) for (let d = 0; d < dim; d++) base += v[d] * mean[d];
+        return (r) => {
+          let s = 0;
+          for (let d = 0, o = r * dim; d < dim; d++) s += v[d] * vectors[o + d];
+          return base + s;
+        };
+      };
     }
-    loaded = {header, n, dim, vectors, pdq: new Uint8Array(section("pdq")),
+    loaded = {header, n, dim, scorer, pdq: new Uint8Array(section("pdq")),
               sha: new Uint8Array(section("sha256")),
               thumbEnds: new Uint32Array(section("thumb_ends")),
               thumbs: new Uint8Array(section("thumbs"))};
@@ -410,6 +445,7 @@
     const viewOf = shorter.map((s, i) => (s === shorter[0] ? shorter.indexOf(s) : i));
     const distinct = [...new Set(viewOf)];
     const vectors = await embed(bitmap, distinct.map((i) => vars[i][1]), spec);
+    const scores = vectors.map((v) => copy.scorer(v));
     const skipped = new Set(header.not_pairs[sha] || []);
     const rows = [];
     for (let r = 0; r < n; r++) {
@@ -422,9 +458,8 @@
         if (d < best) { best = d; bestName = names[qi]; }
       });
       let cosine = -Infinity, cosVariant = vars[0][0];
-      vectors.forEach((v, vi) => {
-        let s = 0;
-        for (let d = 0; d < dim; d++) s += v[d] * copy.vectors[r * dim + d];
+      scores.forEach((score, vi) => {
+        const s = score(r);
         if (s > cosine) { cosine = s; cosVariant = vars[distinct[vi]][0]; }
       });
       rows.push({row: r, sha: rowSha, pdq: best, pdqVariant: bestName, cosine, cosVariant});
@@ -447,7 +482,8 @@
               carousel_index: meta.carousel_index, path: meta.path, row: m.row,
               inliers: null, transform: null};
     });
-    const result = {photo, verdict, matches, offline: true};
+    // re-framed needs the computer's local features: said, for scripts as for the page
+    const result = {photo, verdict, matches, offline: true, evidence_unavailable: ["re-framed"]};
     if (skipped.size) result.skipped = header.rows.filter((_, r) => skipped.has(hex(copy.sha.subarray(32 * r, 32 * r + 32)))).map((m) => m.path);
     return result;
   }
@@ -456,9 +492,15 @@
     if (!loaded) return null;
     const end = loaded.thumbEnds[row], start = row ? loaded.thumbEnds[row - 1] : 0;
     if (end <= start) return null;
-    return URL.createObjectURL(new Blob([loaded.thumbs.slice(start, end)], {type: "image/jpeg"}));
+    return URL.createObjectURL(new Blob([loaded.thumbs.slice(start, end)], {type: loaded.header.thumb_format === "webp" ? "image/webp" : "image/jpeg"}));
   }
 
   window.dupecheck = window.dupecheck || {};
-  window.dupecheck.offline = {save, status, check, forget, pdq, embedding, thumbnail};
+  // The saved copy's header, its rows left out: how it was made (format, encoding...).
+  async function header() {
+    const {rows, ...rest} = (await load()).header;
+    return {...rest, rows: rows.length};
+  }
+
+  window.dupecheck.offline = {save, status, check, forget, pdq, embedding, thumbnail, header};
 })();
