@@ -174,6 +174,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
            "fp32_model_bytes": fp32_model.stat().st_size,
            "int8_model_bytes": int8_model.stat().st_size,
            "seconds": {"export": made_s, "index": index_s, "copy": copy_s}}
+    print("machine:", json.dumps(doc["machine"]))
+    print(f"export written in {made_s:.0f} s, indexed in {index_s:.0f} s")
     table(f"the phone's copy of a {n:,}-photo index (embeddings: {copy.encoding}; "
           f"built in {copy_s:.1f} s)", ["", "MB", "bytes a photo"],
           [*[[f"  {name}", f"{b / 1e6:.2f}", f"{b / n:.0f}"] for name, b in sizes.items()],

@@ -277,6 +277,7 @@ def test_a_copy_kept_on_the_phone_checks_offline_as_the_cli_does(resnet_server, 
     card = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".result")))
     wait.until(lambda d: "offline" in card.text)
     assert "Already posted" in card.text and "Checked on this phone, offline" in card.text
+    assert "MB); re-framed needs the computer" in card.text
 
 
 @pytest.mark.slow
