@@ -199,14 +199,16 @@ def resnet_server(tmp_path, resnet50_weights):
         yield base, state, photos, idx, stop
 
 
-def _as_blob(browser, path, call: str):
+def _as_blob(browser, path, call: str, options: dict | None = None):
     """Run `call` (a window.dupecheck.offline function taking a Blob) on a file's bytes."""
     import base64
+    import json
 
+    extra = f", {json.dumps(options)}" if options else ""
     return browser.execute_async_script(
         "const [data, name, done] = arguments;"
         "const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));"
-        f"window.dupecheck.offline.{call}(new Blob([bytes], {{type: 'image/jpeg'}}), name)"
+        f"window.dupecheck.offline.{call}(new Blob([bytes], {{type: 'image/jpeg'}}), name{extra})"
         ".then(done, (e) => done({failed: String(e)}));",
         base64.b64encode(path.read_bytes()).decode(), path.name)
 
@@ -287,7 +289,8 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
     Instagram keeps them, the index's own threshold in force (with random weights every
     photo is 'similar' to every other: the ranking below the evidence is all cosine):
     the photos as taken, as posted, and re-edited. Offline, on the copy as the phone keeps
-    it: every verdict the CLI's, and the same top-1 row for at least 99% of them. (A photo
+    it: every verdict the CLI's, and the same top-1 row for at least 99% of them; and
+    with 'similar' turned off (threshold 1.0), those found only similar are new on both. (A photo
     the CLI finds re-framed, by local features the phone has not, is 'similar' or 'new'
     there, and the result says re-framed was not used.) The copy keeps 8 principal
     directions for its 20 rows, so that its int8 remainder counts, as in a large index
@@ -313,8 +316,9 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
         copy = tmp_path / "cases" / f"posted-{path.name}"
         copy.parent.mkdir(exist_ok=True)
         copy.write_bytes(as_posted[path.name])
-        cases.append(copy)
-        if n % 2 == 0:
+        if n % 2:
+            cases.append(copy)
+        else:
             edited = tmp_path / "cases" / f"reedited-{path.stem}.jpg"
             edited.write_bytes(reedit(decode(path.read_bytes(), path.name).image,
                                       ("grade", "crop + grade")[n % 4 // 2], rng))
@@ -336,6 +340,15 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
         stop()
         cli = subprocess_check(cases, idx, resnet50_weights)
         seen = {path.name: _as_blob(browser, path, "check") for path in cases}
+        # 'similar' turned off (the CLI's --threshold 1.0): exact, near-identical and new
+        similar = [p for p in cases if cli[p.name]["verdict"] == "similar"]
+        cli_off = subprocess_check(similar, idx, resnet50_weights, "--threshold", "1.0")
+        off = {p.name: _as_blob(browser, p, "check", {"threshold": 1.0}) for p in similar}
+    assert len(similar) >= 5 and not [
+        (name, ours["verdict"], cli_off[name]["verdict"]) for name, ours in off.items()
+        if ours["verdict"] != cli_off[name]["verdict"]
+        and not (cli_off[name]["verdict"] == "re-framed" and ours["verdict"] == "new")]
+    assert {r["verdict"] for r in cli_off.values()} >= {"new"}
     verdicts, wrong, other_top, reframed = {}, [], [], []
     for name, offline in seen.items():
         theirs = cli[name]
@@ -358,13 +371,13 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
     assert len(other_top) <= 0.01 * ranked, (other_top, ranked)
 
 
-def subprocess_check(paths, idx, weights) -> dict:
+def subprocess_check(paths, idx, weights, *options: str) -> dict:
     """The CLI's `check --json` document per photo, by file name."""
     import json
 
     result = CliRunner().invoke(cli_app, ["check", *map(str, paths), "--index", str(idx),
                                           "--weights", str(weights), "--engine", "onnx",
-                                          "--json", "--top-k", "5"])
+                                          "--json", "--top-k", "5", *options])
     assert result.exit_code in (0, 1), result.output
     return {r["photo"].rsplit("/", 1)[-1]: r for r in json.loads(result.stdout)["results"]}
 

@@ -1,5 +1,5 @@
 // dupecheck offline: the phone keeps a copy of the index and checks photos itself.
-// window.dupecheck.offline = {save(), status(), check(blob, name), forget(), pdq(blob),
+// window.dupecheck.offline = {save(), status(), check(blob, name, {threshold}), forget(), pdq(blob),
 // embedding(blob), thumbnail(row), header()}.
 // The copy (offline.py's container) and the model (ONNX) live in Cache Storage; the
 // model runs in ONNX Runtime Web (WASM), served by `dupecheck serve` from the package.
@@ -417,7 +417,8 @@
   const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   const popcount = (x) => { x -= (x >> 1) & 0x55; x = (x & 0x33) + ((x >> 2) & 0x33); return (x + (x >> 4)) & 0x0f; };
 
-  async function check(blob, name) {
+  // options.threshold: as the CLI's --threshold (else the copy's threshold in force)
+  async function check(blob, name, options = {}) {
     const copy = await load();
     const {header, n, dim} = copy;
     const photo = name || blob.name || "photo";
@@ -464,15 +465,16 @@
       });
       rows.push({row: r, sha: rowSha, pdq: best, pdqVariant: bestName, cosine, cosVariant});
     }
-    const similarOn = header.threshold < 1.0;
+    const threshold = options.threshold ?? header.threshold;
+    const similarOn = threshold < 1.0;
     const evidence = (m) => m.sha === sha ? "exact" : m.pdq <= PDQ_MATCH_DISTANCE
-      ? "near-identical" : similarOn && m.cosine >= header.threshold ? "similar" : null;
+      ? "near-identical" : similarOn && m.cosine >= threshold ? "similar" : null;
     const group = (m) => ({"exact": 0, "near-identical": 1})[evidence(m)] ?? 3;
     rows.sort((a, b) => group(a) - group(b) || (group(a) === 1 ? a.pdq - b.pdq : 0)
               || b.cosine - a.cosine);
     const verdict = rows.some((m) => m.sha === sha) ? "exact"
       : rows.some((m) => m.pdq <= PDQ_MATCH_DISTANCE) ? "near-identical"
-      : similarOn && rows.some((m) => m.cosine >= header.threshold) ? "similar" : "new";
+      : similarOn && rows.some((m) => m.cosine >= threshold) ? "similar" : "new";
     const matches = rows.slice(0, TOP_K).map((m, i) => {
       const ev = evidence(m), meta = header.rows[m.row];
       return {rank: i + 1, score: Math.round(m.cosine * 1e6) / 1e6, pdq_distance: m.pdq,
