@@ -289,23 +289,26 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
     Instagram keeps them, the index's own threshold in force (with random weights every
     photo is 'similar' to every other: the ranking below the evidence is all cosine):
     the photos as taken, as posted, and re-edited. Offline, on the copy as the phone keeps
-    it: every verdict the CLI's, and the same top-1 row for at least 99% of them; and
-    with 'similar' turned off (threshold 1.0), those found only similar are new on both. (A photo
+    it: every verdict the CLI's, and the same top-1 row for at least 99% of them; with
+    'similar' turned off (threshold 1.0), those found only similar are new on both; each
+    photo's PDQ hash within 8 bits of the CLI's, its embedding at a cosine >= 0.995. (A photo
     the CLI finds re-framed, by local features the phone has not, is 'similar' or 'new'
     there, and the result says re-framed was not used.) The copy keeps 8 principal
     directions for its 20 rows, so that its int8 remainder counts, as in a large index
     (with 128 the 20 rows would be kept all but exactly)."""
     import random
 
+    import numpy as np
+    from selenium.webdriver.support.ui import WebDriverWait
+
     import dupecheck.offline
+    from dupecheck.calibrate import reedit
+    from dupecheck.engines import get_model_spec
+    from dupecheck.evidence import pdq_distances, pdq_hash
+    from dupecheck.imaging import decode
 
     components = 8
     monkeypatch.setattr(dupecheck.offline, "COMPONENTS", components)
-
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from dupecheck.calibrate import reedit
-    from dupecheck.imaging import decode
 
     jpegs = sorted(PHOTOS.glob("jpg__*")) + sorted(PHOTOS.glob("*.JPG"))
     posted = [p for i, p in enumerate(jpegs) if i % 3 != 2]
@@ -340,6 +343,9 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
         stop()
         cli = subprocess_check(cases, idx, resnet50_weights)
         seen = {path.name: _as_blob(browser, path, "check") for path in cases}
+        # per photo as taken: the phone's PDQ and embedding against the CLI's
+        hashes = {p.name: _as_blob(browser, p, "pdq") for p in jpegs}
+        vectors = {p.name: _as_blob(browser, p, "embedding") for p in jpegs}
         # 'similar' turned off (the CLI's --threshold 1.0): exact, near-identical and new
         similar = [p for p in cases if cli[p.name]["verdict"] == "similar"]
         cli_off = subprocess_check(similar, idx, resnet50_weights, "--threshold", "1.0")
@@ -349,6 +355,14 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
         if ours["verdict"] != cli_off[name]["verdict"]
         and not (cli_off[name]["verdict"] == "re-framed" and ours["verdict"] == "new")]
     assert {r["verdict"] for r in cli_off.values()} >= {"new"}
+    spec = get_model_spec("resnet50")
+    engine = load_engine(spec, resnet50_weights, "onnx")
+    for path in jpegs:
+        image = decode(path.read_bytes(), path.name, draft=spec.draft_size).image
+        bits = np.array(hashes[path.name], np.uint8)
+        assert int(pdq_distances(pdq_hash(image)[None], bits)[0]) <= 8, path.name
+        ours = engine.embed_batch(spec.to_input(image)[None])[0]
+        assert float(np.array(vectors[path.name], np.float32) @ ours) >= 0.995, path.name
     verdicts, wrong, other_top, reframed = {}, [], [], []
     for name, offline in seen.items():
         theirs = cli[name]
