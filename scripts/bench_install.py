@@ -53,7 +53,10 @@ def run(rev: str, work: Path) -> dict:
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
     if rev != "HEAD":
         subprocess.run(["git", "checkout", "--quiet", rev], cwd=clone, check=True)
-    env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache"),
+    # XDG_CACHE_HOME would move pip's cache too: it stays where it is (shared, warm)
+    pip_cache = subprocess.run([sys.executable, "-m", "pip", "cache", "dir"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache"), "PIP_CACHE_DIR": pip_cache,
            "TORCH_HOME": str(work / "torch"), "HF_HOME": str(work / "hf")}
     start = time.perf_counter()
     done = subprocess.run(["make", "demo"], cwd=clone, env=env, capture_output=True,
