@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import os
 import random
@@ -38,12 +37,19 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from bench import machine, random_weights, table  # noqa: E402
 
-from helpers import CHROMEDRIVER, CHROMIUM, mojibake, post, served_on_loopback  # noqa: E402
+from helpers import (  # noqa: E402
+    CHROMEDRIVER,
+    CHROMIUM,
+    jpeg_bytes,
+    mojibake,
+    post,
+    served_on_loopback,
+)
 
 WORDS = ("light", "morning", "street", "sea", "film", "grain", "walk", "old", "town", "late",
          "summer", "winter", "blue", "hour", "coffee", "friends", "home", "road", "trip", "rain",
          "quiet", "Lisboa", "München", "été", "café", "🌊", "☀️", "📷")
-_ORIGINALS: list = []
+_ORIGINALS: list = []  # decoded once; the forked workers of write_export share them
 
 
 def _caption(rng: random.Random) -> str:
@@ -56,19 +62,12 @@ def _caption(rng: random.Random) -> str:
 
 def _media(job: tuple[int, int, int]) -> bytes:
     """Photo `i`: a re-edit of original `source`, as Instagram keeps it (1080 px wide)."""
-    from PIL import Image
-
-    from dupecheck.calibrate import REEDITS
+    from dupecheck.calibrate import REEDITS, _resize_1080
 
     i, source, seed = job
     rng = random.Random(seed * 1_000_003 + i)
     edited = REEDITS[rng.choice(list(REEDITS))](_ORIGINALS[source], rng)
-    if edited.width > 1080:
-        edited = edited.resize((1080, round(edited.height * 1080 / edited.width)),
-                               Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    edited.save(buf, "JPEG", quality=85, progressive=True)
-    return buf.getvalue()
+    return jpeg_bytes(_resize_1080(edited, rng), quality=85, progressive=True)
 
 
 def write_export(photos: list[Path], root: Path, rows: int, seed: int = 0) -> None:
@@ -79,18 +78,18 @@ def write_export(photos: list[Path], root: Path, rows: int, seed: int = 0) -> No
 
     _ORIGINALS[:] = [decode(p.read_bytes(), p.name, draft=1080).image for p in photos]
     rng = random.Random(seed)
-    jobs, posts, ts = [], [], 1_420_070_400
+    jobs, names, posts, ts = [], [], [], 1_420_070_400
     while len(jobs) < rows:
         size = 1 if rng.random() < 0.8 else min(rng.randint(2, 10), rows - len(jobs))
         ts += rng.randint(3_600, 30 * 86_400) // 4
         month = time.strftime("%Y%m", time.gmtime(ts))
-        uris = []
-        for _ in range(size):
-            uris.append(f"media/posts/{month}/{rng.randrange(10**16, 10**17)}_"
-                        f"{rng.randrange(10**15, 10**16)}_n_{rng.randrange(10**16, 10**17)}.jpg")
+        uris = [f"media/posts/{month}/{rng.randrange(10**16, 10**17)}_"
+                f"{rng.randrange(10**15, 10**16)}_n_{rng.randrange(10**16, 10**17)}.jpg"
+                for _ in range(size)]
+        for uri in uris:
             jobs.append((len(jobs), rng.randrange(len(_ORIGINALS)), seed))
+            names.append(uri)
         posts.append(post(uris if size > 1 else uris[0], ts, mojibake(_caption(rng))))
-    names = [u for p in posts for u in ([m["uri"] for m in p["media"]])]
     with get_context("fork").Pool(os.cpu_count() or 1) as pool:
         for name, data in zip(names, pool.imap(_media, jobs, chunksize=16), strict=True):
             path = root / name
@@ -110,9 +109,7 @@ def twelve_mp_jpeg(photos: Path) -> bytes:
     img = decode((photos / "heic__IMG_2927.HEIC").read_bytes(), "IMG_2927.HEIC").image
     img = img.resize((4032, 3024) if img.width >= img.height else (3024, 4032),
                      Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=92)
-    return buf.getvalue()
+    return jpeg_bytes(img, quality=92)
 
 
 def main() -> int:

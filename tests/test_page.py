@@ -213,6 +213,32 @@ def _as_blob(browser, path, call: str, options: dict | None = None):
         base64.b64encode(path.read_bytes()).decode(), path.name)
 
 
+def _keep_a_copy(browser, base: str, state) -> dict:
+    """Pair with the worker in control and keep a copy on the 'phone': save()'s answer."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.set_script_timeout(300)
+    _pair_with_the_worker_in_control(browser, WebDriverWait(browser, 120), base, state)
+    return browser.execute_async_script(
+        "window.dupecheck.offline.save().then(arguments[0], "
+        "(e) => arguments[0]({failed: String(e)}))")
+
+
+def _phone_and_cli_see(browser, path, spec, engine):
+    """(bits between the phone's PDQ hash and the CLI's, the phone's embedding, the
+    CLI's) for one photo, full frame."""
+    import numpy as np
+
+    from dupecheck.evidence import pdq_distances, pdq_hash
+    from dupecheck.imaging import decode
+
+    image = decode(path.read_bytes(), path.name, draft=spec.draft_size).image
+    bits = np.array(_as_blob(browser, path, "pdq"), np.uint8)
+    apart = int(pdq_distances(pdq_hash(image)[None], bits)[0])
+    phone = np.array(_as_blob(browser, path, "embedding"), np.float32)
+    return apart, phone, engine.embed_batch(spec.to_input(image)[None])[0]
+
+
 @pytest.mark.slow
 def test_a_copy_kept_on_the_phone_checks_offline_as_the_cli_does(resnet_server, browser,
                                                                  tmp_path, resnet50_weights):
@@ -227,7 +253,6 @@ def test_a_copy_kept_on_the_phone_checks_offline_as_the_cli_does(resnet_server, 
     from selenium.webdriver.support.ui import WebDriverWait
 
     from dupecheck.engines import get_model_spec, load_engine
-    from dupecheck.evidence import pdq_distances, pdq_hash
     from dupecheck.imaging import decode
     from helpers import jpeg_bytes
 
@@ -239,12 +264,8 @@ def test_a_copy_kept_on_the_phone_checks_offline_as_the_cli_does(resnet_server, 
         edited.write_bytes(jpeg_bytes(img.resize((img.width * 4 // 5, img.height * 4 // 5)),
                                       quality=80))
         cases.append(edited)
-    browser.set_script_timeout(300)
     wait = WebDriverWait(browser, 120)
-    _pair_with_the_worker_in_control(browser, wait, base, state)
-    meta = browser.execute_async_script(
-        "window.dupecheck.offline.save().then(arguments[0], "
-        "(e) => arguments[0]({failed: String(e)}))")
+    meta = _keep_a_copy(browser, base, state)
     assert meta.get("photos") == 4 and meta["bytes"] > 0, meta
     stop()
     browser.refresh()  # the computer is gone: the worker serves the page
@@ -262,11 +283,8 @@ def test_a_copy_kept_on_the_phone_checks_offline_as_the_cli_does(resnet_server, 
         assert offline["verdict"] == theirs["verdict"], (path.name, offline, theirs)
         # the same top row: by evidence, else by the embedding's ranking
         assert offline["matches"][0]["row"] == theirs["matches"][0]["row"], path.name
-        bits = np.array(_as_blob(browser, path, "pdq"), np.uint8)
-        image = decode(path.read_bytes(), path.name, draft=spec.draft_size).image
-        assert int(pdq_distances(pdq_hash(image)[None], bits)[0]) <= 8, path.name
-        vector = np.array(_as_blob(browser, path, "embedding"), np.float32)
-        ours = engine.embed_batch(spec.to_input(image)[None])[0]
+        apart, vector, ours = _phone_and_cli_see(browser, path, spec, engine)
+        assert apart <= 8, path.name
         assert float(vector @ ours) >= 0.995, path.name
         # Random weights put every photo near every other (cosines ~0.99): measured from
         # the index's mean, the phone's input must still be the CLI's (Pillow's resize,
@@ -298,13 +316,9 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
     (with 128 the 20 rows would be kept all but exactly)."""
     import random
 
-    import numpy as np
-    from selenium.webdriver.support.ui import WebDriverWait
-
     import dupecheck.offline
     from dupecheck.calibrate import reedit
     from dupecheck.engines import get_model_spec
-    from dupecheck.evidence import pdq_distances, pdq_hash
     from dupecheck.imaging import decode
 
     components = 8
@@ -315,26 +329,20 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
     as_posted = {p.name: instagramify(p.read_bytes()) for p in posted}
     cases = list(jpegs)
     rng = random.Random(7)
-    for n, path in enumerate(posted):
-        copy = tmp_path / "cases" / f"posted-{path.name}"
-        copy.parent.mkdir(exist_ok=True)
-        copy.write_bytes(as_posted[path.name])
+    (tmp_path / "cases").mkdir()
+    for n, path in enumerate(posted):  # half as posted, half re-edited
         if n % 2:
-            cases.append(copy)
+            case = tmp_path / "cases" / f"posted-{path.name}"
+            case.write_bytes(as_posted[path.name])
         else:
-            edited = tmp_path / "cases" / f"reedited-{path.stem}.jpg"
-            edited.write_bytes(reedit(decode(path.read_bytes(), path.name).image,
-                                      ("grade", "crop + grade")[n % 4 // 2], rng))
-            cases.append(edited)
+            case = tmp_path / "cases" / f"reedited-{path.stem}.jpg"
+            case.write_bytes(reedit(decode(path.read_bytes(), path.name).image,
+                                    ("grade", "crop + grade")[n % 4 // 2], rng))
+        cases.append(case)
     with _resnet_index_served(tmp_path, resnet50_weights, as_posted, None) as served:
         base, state, idx, stop = served
         assert state.threshold(None) == 0.90  # resnet50's default: the embedding is on
-        browser.set_script_timeout(300)
-        wait = WebDriverWait(browser, 120)
-        _pair_with_the_worker_in_control(browser, wait, base, state)
-        meta = browser.execute_async_script(
-            "window.dupecheck.offline.save().then(arguments[0], "
-            "(e) => arguments[0]({failed: String(e)}))")
+        meta = _keep_a_copy(browser, base, state)
         assert meta.get("photos") == len(posted), meta
         header = browser.execute_async_script(
             "window.dupecheck.offline.header().then(arguments[0])")
@@ -343,9 +351,6 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
         stop()
         cli = subprocess_check(cases, idx, resnet50_weights)
         seen = {path.name: _as_blob(browser, path, "check") for path in cases}
-        # per photo as taken: the phone's PDQ and embedding against the CLI's
-        hashes = {p.name: _as_blob(browser, p, "pdq") for p in jpegs}
-        vectors = {p.name: _as_blob(browser, p, "embedding") for p in jpegs}
         # 'similar' turned off (the CLI's --threshold 1.0): exact, near-identical and new
         similar = [p for p in cases if cli[p.name]["verdict"] == "similar"]
         cli_off = subprocess_check(similar, idx, resnet50_weights, "--threshold", "1.0")
@@ -357,12 +362,9 @@ def test_the_phone_ranks_as_the_cli_over_the_test_photos_with_the_threshold_in_f
     assert {r["verdict"] for r in cli_off.values()} >= {"new"}
     spec = get_model_spec("resnet50")
     engine = load_engine(spec, resnet50_weights, "onnx")
-    for path in jpegs:
-        image = decode(path.read_bytes(), path.name, draft=spec.draft_size).image
-        bits = np.array(hashes[path.name], np.uint8)
-        assert int(pdq_distances(pdq_hash(image)[None], bits)[0]) <= 8, path.name
-        ours = engine.embed_batch(spec.to_input(image)[None])[0]
-        assert float(np.array(vectors[path.name], np.float32) @ ours) >= 0.995, path.name
+    for path in jpegs:  # per photo as taken, on the phone (the page still open offline)
+        apart, phone, ours = _phone_and_cli_see(browser, path, spec, engine)
+        assert apart <= 8 and float(phone @ ours) >= 0.995, path.name
     verdicts, wrong, other_top, reframed = {}, [], [], []
     for name, offline in seen.items():
         theirs = cli[name]

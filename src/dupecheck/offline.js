@@ -494,7 +494,7 @@
     if (!loaded) return null;
     const end = loaded.thumbEnds[row], start = row ? loaded.thumbEnds[row - 1] : 0;
     if (end <= start) return null;
-    return URL.createObjectURL(new Blob([loaded.thumbs.slice(start, end)], {type: loaded.header.thumb_format === "webp" ? "image/webp" : "image/jpeg"}));
+    return URL.createObjectURL(new Blob([loaded.thumbs.slice(start, end)], {type: "image/" + loaded.header.thumb_format}));
   }
 
   window.dupecheck = window.dupecheck || {};
