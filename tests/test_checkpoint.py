@@ -99,15 +99,18 @@ def test_safetensors_weights_are_read_without_torch(tmp_path, resnet50_weights):
     assert all(np.array_equal(again[k], v) for k, v in state.items())
 
 
-def test_the_graph_built_from_the_arrays_embeds_as_the_torch_export_does(tmp_path,
-                                                                         resnet50_weights):
-    """cosine >= 0.99999 per photo, real photos, random weights (the issue's bar)."""
+@pytest.mark.parametrize("fixture", ["resnet50_weights", "resnet50_weights_bn"])
+def test_the_graph_built_from_the_arrays_embeds_as_the_torch_export_does(tmp_path, fixture,
+                                                                         request):
+    """cosine >= 0.99999 per photo, real photos, random weights (the issue's bar); once
+    with batch norms that are not the identity, so that the fold itself is tested."""
     from dupecheck.engines.onnx_engine import OnnxEngine
     from dupecheck.engines.resnet_onnx import build_resnet50_onnx
     from dupecheck.engines.torch_models import export_onnx
 
-    light = OnnxEngine(SPEC, build_resnet50_onnx(resnet50_weights, SPEC, tmp_path / "l.onnx"))
-    torch_export = OnnxEngine(SPEC, export_onnx(SPEC, resnet50_weights, tmp_path / "t.onnx"))
+    weights = request.getfixturevalue(fixture)
+    light = OnnxEngine(SPEC, build_resnet50_onnx(weights, SPEC, tmp_path / "l.onnx"))
+    torch_export = OnnxEngine(SPEC, export_onnx(SPEC, weights, tmp_path / "t.onnx"))
     photos = sorted(PHOTOS.glob("jpg__*"))[:8]
     pixels = np.stack([SPEC.to_input(decode(p.read_bytes(), p.name, draft=256).image)
                        for p in photos])

@@ -212,7 +212,7 @@ def test_when_int8_does_not_follow_fp32_the_index_is_fp32_and_says_why(
 def test_int8_is_refused_where_it_is_not_offered(cli, photo_folder, tmp_path, tiny_weights):
     result = cli("index", photo_folder, "--index", tmp_path / "i", "--model", "mobileclip-s2",
                  "--precision", "int8", "--engine", "onnx", code=2)
-    assert "resnet50 only" in result.output
+    assert "offered for efficientnet-lite0, resnet50, not mobileclip-s2" in result.output
     result = cli("index", photo_folder, "--index", tmp_path / "i", "--precision", "int8",
                  "--engine", "torch", code=2)
     assert "ONNX" in result.output

