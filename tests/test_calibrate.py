@@ -81,6 +81,19 @@ def test_calibrate_save_is_used_by_check_and_explicit_threshold_wins(indexed, tm
     assert "brightness" in text.stdout
 
 
+def test_calibrate_keeps_its_recommendation_unless_told_not_to(indexed):
+    def entry():
+        return open_index(indexed).models["tiny-test"]
+
+    assert entry().threshold is None
+    doc = json.loads(runner.invoke(app, ["calibrate", "--index", str(indexed), "--sample", "3",
+                                         "--precision", "0.9", "--no-save", "--json"]).stdout)
+    assert doc["saved"] == {} and entry().threshold is None
+    doc = json.loads(runner.invoke(app, ["calibrate", "--index", str(indexed), "--sample", "3",
+                                         "--precision", "0.9", "--json"]).stdout)
+    assert doc["saved"]["tiny-test"] == doc["models"][0]["recommended"] == entry().threshold
+
+
 def test_compare_two_photos_without_an_index(tmp_path, tiny_weights):
     a = tmp_path / "a.jpg"
     a.write_bytes(jpeg_bytes(synthetic_photo(5, (900, 600))))

@@ -296,7 +296,9 @@ def calibrate(index: Index, spec: ModelSpec, engine: Engine, *, sample: int = DE
                 progress(done, len(rows))
     pos, neg = np.array(result.positives), np.array(result.negatives)
     result.table = precision_recall(pos, neg)
-    reaching = [r for r in result.table if r.precision >= precision and r.recall > 0]
+    floor = spec.min_threshold or 0.0
+    reaching = [r for r in result.table
+                if r.precision >= precision and r.recall > 0 and r.threshold >= floor]
     if reaching:
         result.recommended = reaching[0].threshold
         below = neg[neg < result.recommended]

@@ -101,8 +101,9 @@ def calibrate(
                                         help="Archive photos to re-post.")] = 40,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same result.")] = 0,
     save: Annotated[bool, typer.Option(
-        "--save", help="Store the recommended threshold in the index: `check` then uses it."
-    )] = False,
+        "--save/--no-save", help="Keep the recommended threshold in the index (the default): "
+        "`check` and `serve` then use it unless given --threshold. --no-save only reports."
+    )] = True,
     json_out: JsonOut = False,
 ) -> None:
     """Choose the threshold from your own photos: re-post a sample as people re-post, and

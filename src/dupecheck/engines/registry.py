@@ -64,6 +64,9 @@ class ModelSpec:
     batch_size: int = 16  # images per forward pass; larger models take fewer
     channels_last: bool = True  # faster for convolutional nets in eager torch on CPU
     int8: bool = False  # offered at --precision int8 (static quantization, ONNX engine)
+    # calibrate never recommends less: on a small sample its few negatives can reach the
+    # precision target at any threshold (measured: docs/models.md, "Thresholds")
+    min_threshold: float | None = None
     preprocessing_version: int = 1
 
     @property
@@ -93,6 +96,7 @@ class ModelSpec:
 # Measured on real photos with the trained weights (docs/models.md, "Thresholds"); the
 # threshold `calibrate --save` keeps in the index wins over it.
 LITE0_DEFAULT_THRESHOLD = 0.70
+LITE0_MIN_THRESHOLD = 0.65  # the lowest at which no never-posted photo was flagged
 
 MODELS: dict[str, ModelSpec] = {}
 DEFAULT_MODEL = "resnet50"
@@ -144,6 +148,7 @@ register_model(ModelSpec(
     mean=LITE_MEAN,
     std=LITE_STD,
     default_threshold=LITE0_DEFAULT_THRESHOLD,
+    min_threshold=LITE0_MIN_THRESHOLD,
     batch_size=32,
     module="dupecheck.engines.torch_models:efficientnet_lite0_module",
     onnx_graph="dupecheck.engines.lite_onnx:build_lite0_onnx",
