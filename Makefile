@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 # .pyc), so the demo skips compiling the thousands of modules it never imports.
 $(DEMO_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(DEMO_VENV)
-	$(DEMO_VENV)/bin/python -m pip install --quiet --no-compile --disable-pip-version-check -e .
+	$(DEMO_VENV)/bin/python -m pip install --quiet --no-compile --disable-pip-version-check -e '.[lite0]'
 	touch $@
 
 demo: $(DEMO_VENV)/.installed

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Index the example export shipped in examples/ and check three photos against it.
 # Uses the real ResNet-50 weights when they are cached or can be downloaded; on a
-# machine that can do neither, falls back to random weights (see the note it prints).
+# machine that can do neither, EfficientNet-Lite0's, which its install brings (trained
+# weights, no download).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv-demo}"  # the light install `make demo` makes (no PyTorch)
 DUPECHECK="$VENV/bin/dupecheck"
 export DUPECHECK_INDEX="${DUPECHECK_INDEX:-$PWD/.cache/demo-index}"
-check_args=()
 
+model=resnet50
 if [ -z "${DUPECHECK_WEIGHTS:-}" ]; then
   if ! "$VENV/bin/python" - <<'PY'
 import sys
@@ -22,20 +23,19 @@ except WeightsUnavailable as exc:
     sys.exit(1)
 PY
   then
-    echo "note: using RANDOM ResNet-50 weights for this demo (real ones cannot be had here)." >&2
-    echo "      Embedding scores mean nothing with them, so 'similar' is turned off" >&2
-    echo "      (--threshold 1.0); exact and near-identical evidence work as with real weights." >&2
-    [ -f .cache/resnet50-random.safetensors ] ||
-      "$VENV/bin/python" scripts/make_random_weights.py resnet50 \
-        .cache/resnet50-random.safetensors
-    export DUPECHECK_WEIGHTS="$PWD/.cache/resnet50-random.safetensors"
-    check_args+=(--threshold 1.0)
+    # EfficientNet-Lite0's trained weights come with the demo's install (dupecheck[lite0]):
+    # real scores and 'similar' on, with no download.
+    echo "note: ResNet-50's weights cannot be had here; this demo uses EfficientNet-Lite0" >&2
+    echo "      (trained ImageNet weights from the installed package: real scores)." >&2
+    model=efficientnet-lite0
   fi
 fi
+echo "model: $model" >&2
 
 set -x
-"$DUPECHECK" index examples/instagram-jane.doe-2025-10-29-UXHp.zip --rebuild || exit $?
-"$DUPECHECK" check examples/candidates/*.jpg --top-k 3 "${check_args[@]}"
+"$DUPECHECK" index examples/instagram-jane.doe-2025-10-29-UXHp.zip --rebuild --model "$model" \
+  || exit $?
+"$DUPECHECK" check examples/candidates/*.jpg --top-k 3 --model "$model"
 status=$?
 { set +x; } 2>/dev/null
 echo "exit code $status: 1 means at least one photo is already posted (expected here:" \

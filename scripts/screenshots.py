@@ -4,8 +4,9 @@
 
 report.png: `check --report` of the example's four photos; map.png: `dupecheck map` of
 the example; phone.png: the phone page, paired by its QR link, after checking a photo.
-ResNet-50 runs with the real weights where they are cached, else random ones (written
-by scripts/make_random_weights.py), with 'similar' off as `make demo` does.
+ResNet-50 runs with the real weights where they are cached, else EfficientNet-Lite0 with
+its installed trained weights, as `make demo` does; random ResNet-50 weights (with
+'similar' off) only where neither can be had.
 """
 
 from __future__ import annotations
@@ -41,18 +42,21 @@ def browser(width: int, height: int, profile: Path):  # -> selenium WebDriver
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
-def weights(work: Path) -> tuple[Path, list[str]]:
-    """The real weights where cached; else random ones and `--threshold 1.0`."""
+def weights(work: Path) -> tuple[str, Path, list[str]]:
+    """(model, weights, extra args): ResNet-50's real weights where cached, else
+    EfficientNet-Lite0's (installed with dupecheck[lite0]: real scores too); only without
+    either, random ResNet-50 weights and `--threshold 1.0`."""
     from dupecheck.engines import get_model_spec
     from dupecheck.engines.weights import cached_weights
 
-    real = cached_weights(get_model_spec("resnet50"))
-    if real is not None:
-        return real, []
+    for name in ("resnet50", "efficientnet-lite0"):
+        real = cached_weights(get_model_spec(name))
+        if real is not None:
+            return name, real, []
     path = work / "resnet50-random.safetensors"
     subprocess.run([sys.executable, str(REPO / "scripts" / "make_random_weights.py"),
                     "resnet50", str(path)], check=True, capture_output=True)
-    return path, ["--threshold", "1.0"]
+    return "resnet50", path, ["--threshold", "1.0"]
 
 
 def dupecheck(*args: object, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> None:
@@ -69,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dupecheck-shots-"))
     try:
-        w, threshold = weights(work)
+        model, w, threshold = weights(work)
         env = {**os.environ, "DUPECHECK_INDEX": str(work / "index"),
                "DUPECHECK_WEIGHTS": str(w), "DUPECHECK_CONFIG": str(work / "config"),
                "PYTHONPATH": os.pathsep.join([str(REPO / "src"),
                                               os.environ.get("PYTHONPATH", "")])}
-        dupecheck("index", EXAMPLE, "--quiet", env=env)
+        dupecheck("index", EXAMPLE, "--model", model, "--quiet", env=env)
         report = work / "report.html"
         dupecheck("check", *CANDIDATES, "--report", report, "--quiet", *threshold, env=env,
                   ok=(0, 1))
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 driver.save_screenshot(str(args.out / name))
             finally:
                 driver.quit()
-        phone(args.out / "phone.png", w, threshold, work, env)
+        phone(args.out / "phone.png", model, w, threshold, work, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for name in ("report.png", "map.png", "phone.png"):
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def phone(dest: Path, w: Path, threshold: list[str], work: Path, env: dict[str, str]) -> None:
+def phone(dest: Path, model: str, w: Path, threshold: list[str], work: Path,
+          env: dict[str, str]) -> None:
     """The phone page, paired through its QR link, with the verdict for a re-edit."""
     from dataclasses import replace
 
@@ -114,7 +119,7 @@ def phone(dest: Path, w: Path, threshold: list[str], work: Path, env: dict[str, 
     from dupecheck.tokens import TokenStore
     from helpers import served_on_loopback
 
-    spec = get_model_spec("resnet50")
+    spec = get_model_spec(model)
     index = open_index(work / "index")
     if threshold:  # random weights: 'similar' off, as a calibrated 1.0 would be
         republish(index, {n: replace(e, threshold=1.0) for n, e in index.models.items()})

@@ -40,8 +40,10 @@ def test_make_demo_works_offline(tmp_path):
     done = subprocess.run([*_offline_prefix(), "bash", str(REPO / "scripts" / "demo.sh")],
                           capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "using RANDOM ResNet-50 weights" in done.stderr
+    assert "this demo uses EfficientNet-Lite0" in done.stderr
+    assert "model: efficientnet-lite0" in done.stderr
     out = " ".join(done.stdout.split())
+    assert "efficientnet-lite0" in out  # the output says which model it used
     for name, verdict in (("IMG_0412.jpg", "near-identical"),
                           ("flower-reedit.jpg", "near-identical"),
                           ("walk-recropped.jpg", "re-framed"), ("never-posted.jpg", "new")):
