@@ -242,3 +242,30 @@ def test_a_flower_photos_motif_names_a_flower(archive, lite0_weights):
     motif = next(m for m in archive_map.motifs if row in m.rows)
     # 15 photos make few, mixed motifs: the flower is among its motif's words
     assert "daisy" in motif.labels, motif
+
+
+def test_the_phone_gets_lite0_for_its_offline_check(archive, lite0_weights, tmp_path):
+    """An index of efficientnet-lite0 embeddings gives the phone that model (18.8 MB of
+    weights, not ResNet-50's 98) and the copy its preprocessing."""
+    from fastapi.testclient import TestClient
+
+    from dupecheck.engines.onnx_engine import onnx_cache_path
+    from dupecheck.engines.weights import file_sha256
+    from dupecheck.offline import read_copy
+    from dupecheck.service import ServiceState, create_app
+    from dupecheck.tokens import TokenStore
+
+    idx = archive[0]
+    tokens = TokenStore(tmp_path / "config")
+    token = {"Authorization": f"Bearer {tokens.create('phone')}"}
+    state = ServiceState(idx, SPEC, load_engine(SPEC, lite0_weights, "onnx"),
+                         file_sha256(lite0_weights), tokens)
+    client = TestClient(create_app(state, hosts=("testserver",)))
+    model = client.get("/api/offline/model", headers=token)
+    assert model.status_code == 200
+    assert model.content == onnx_cache_path(SPEC, file_sha256(lite0_weights)).read_bytes()
+    assert len(model.content) < 25_000_000
+    header, _ = read_copy(client.get("/api/offline", headers=token).content)
+    assert header["input"] == {"resize": 256, "crop": 224, "mean": list(SPEC.mean),
+                               "std": list(SPEC.std)}
+    assert header["threshold"] == archive[3]["saved"][NAME]
