@@ -233,3 +233,25 @@ def _read_torch_legacy(path: Path) -> Any:
                                         count=lazy.count)
         fh.seek(start)
         return _LegacyUnpickler(fh, arrays, lambda key: b"").load()
+
+
+def write_graph(weights: Path, spec: Any, dest: Path, graph: Any) -> Path:
+    """Read the checkpoint, build its ONNX model with `graph(state, side)`, write it to
+    `dest` atomically; a checkpoint of another model is one line naming the file."""
+    import os
+
+    import onnx
+
+    state = read_state_dict(weights)
+    try:
+        model = graph(state, spec.crop)
+    except KeyError as exc:
+        raise WeightsUnavailable(f"not a {spec.name} checkpoint (no {exc.args[0]})",
+                                 weights) from None
+    except ValueError as exc:  # shapes that cannot be folded
+        raise WeightsUnavailable(f"not a {spec.name} checkpoint ({exc})", weights) from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, dest)
+    return dest

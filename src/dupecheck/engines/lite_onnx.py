@@ -13,13 +13,11 @@ equal the reference implementation's (tests/test_lite0.py).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import WeightsUnavailable
-from .checkpoint import read_state_dict
+from .checkpoint import write_graph
 from .registry import ModelSpec
 
 # (kernel, stride, expansion, input width, output width, repeats): TF's lite0 block args
@@ -146,35 +144,11 @@ def lite0_graph(state: dict[str, np.ndarray], side: int):  # -> onnx.ModelProto
 
 def build_lite0_onnx(weights: Path, spec: ModelSpec, dest: Path) -> Path:
     """Read the checkpoint, write its ONNX graph to `dest` atomically."""
-    import onnx
-
-    state = read_state_dict(weights)
-    try:
-        model = lite0_graph(state, spec.crop)
-    except KeyError as exc:
-        raise WeightsUnavailable(f"not a {spec.name} checkpoint (no {exc.args[0]})",
-                                 weights) from None
-    except ValueError as exc:
-        raise WeightsUnavailable(f"not a {spec.name} checkpoint ({exc})", weights) from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, dest)
-    return dest
+    return write_graph(weights, spec, dest, lite0_graph)
 
 
 def lite0_vocabulary(weights: Path, spec: ModelSpec):  # -> Vocabulary
-    """ImageNet's 1000 classes (torchvision's order), scored by the classifier the
-    embedding drops (`_fc`), read from the same checkpoint; without the bias, as for
-    ResNet-50 (the index keeps unit-length features)."""
-    from .resnet_onnx import imagenet_labels
-    from .vocabulary import Vocabulary
+    """Its `_fc`: ImageNet's classes in torchvision's order, as for ResNet-50."""
+    from .resnet_onnx import classifier_vocabulary
 
-    state = read_state_dict(weights)
-    labels = imagenet_labels()
-    matrix = state.get("_fc.weight")
-    if matrix is None or matrix.shape != (len(labels), spec.dim):
-        shape = None if matrix is None else tuple(matrix.shape)
-        raise WeightsUnavailable(f"not a {spec.name} checkpoint (_fc.weight is {shape})",
-                                 weights)
-    return Vocabulary(labels, np.ascontiguousarray(matrix, np.float32))
+    return classifier_vocabulary(weights, spec, "_fc.weight")

@@ -9,14 +9,13 @@ Its embeddings equal those of the torch export (tests/test_engines.py).
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import WeightsUnavailable
-from .checkpoint import read_state_dict
+from .checkpoint import read_state_dict, write_graph
 from .registry import ModelSpec
 
 STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # width, blocks, stride
@@ -109,21 +108,7 @@ def resnet50_graph(state: dict[str, np.ndarray], side: int):  # -> onnx.ModelPro
 
 def build_resnet50_onnx(weights: Path, spec: ModelSpec, dest: Path) -> Path:
     """Read the checkpoint, write its ONNX graph to `dest` atomically."""
-    import onnx
-
-    state = read_state_dict(weights)
-    try:
-        model = resnet50_graph(state, spec.crop)
-    except KeyError as exc:
-        raise WeightsUnavailable(f"not a {spec.name} checkpoint (no {exc.args[0]})",
-                                 weights) from None
-    except ValueError as exc:  # shapes that cannot be folded
-        raise WeightsUnavailable(f"not a {spec.name} checkpoint ({exc})", weights) from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, dest)
-    return dest
+    return write_graph(weights, spec, dest, resnet50_graph)
 
 
 def imagenet_labels() -> tuple[str, ...]:
@@ -133,18 +118,20 @@ def imagenet_labels() -> tuple[str, ...]:
     return tuple(line for line in text.splitlines() if line)
 
 
-def resnet50_vocabulary(weights: Path, spec: ModelSpec):  # -> Vocabulary
-    """ImageNet's 1000 classes, scored by the classifier the embedding drops (its `fc`),
-    read from the same checkpoint. The index holds L2-normalised features, so the score is
-    the class direction's dot product, without the bias (a feature's length is not kept)."""
+def classifier_vocabulary(weights: Path, spec: ModelSpec, key: str):  # -> Vocabulary
+    """ImageNet's 1000 classes, scored by the classifier the embedding drops (`key`), read
+    from the same checkpoint. The index holds L2-normalised features, so the score is the
+    class direction's dot product, without the bias (a feature's length is not kept)."""
     from .vocabulary import Vocabulary
 
-    state = read_state_dict(weights)
     labels = imagenet_labels()
-    matrix = state.get("fc.weight")
-    if matrix is None:
-        raise WeightsUnavailable(f"not a {spec.name} checkpoint (no fc.weight)", weights)
-    if matrix.shape != (len(labels), spec.dim):
-        raise WeightsUnavailable(f"not a {spec.name} checkpoint (fc.weight is "
-                                 f"{tuple(matrix.shape)})", weights)
+    matrix = read_state_dict(weights).get(key)
+    if matrix is None or matrix.shape != (len(labels), spec.dim):
+        shape = None if matrix is None else tuple(matrix.shape)
+        raise WeightsUnavailable(f"not a {spec.name} checkpoint ({key} is {shape})", weights)
     return Vocabulary(labels, np.ascontiguousarray(matrix, np.float32))
+
+
+def resnet50_vocabulary(weights: Path, spec: ModelSpec):  # -> Vocabulary
+    """Its `fc`: ImageNet's classes in torchvision's order."""
+    return classifier_vocabulary(weights, spec, "fc.weight")
