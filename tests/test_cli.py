@@ -267,6 +267,22 @@ def test_version_and_help():
     assert result.exit_code == 0 and "check" in result.stdout and "index" in result.stdout
 
 
+def test_help_names_every_registered_model():
+    """--help lists the models from defaults.MODEL_NAMES (the CLI defines its options
+    before it imports numpy), which must be the registry's."""
+    import subprocess
+    import sys
+
+    from dupecheck.defaults import DEFAULT_MODEL, MODEL_NAMES
+
+    registered = subprocess.run(  # without the tests' own tiny engine
+        [sys.executable, "-c", "import dupecheck.engines as e; print(*sorted(e.MODELS))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert registered == sorted(MODEL_NAMES) and DEFAULT_MODEL in registered
+    text = " ".join(invoke("check", "--help").stdout.split())
+    assert all(name in text for name in registered), text
+
+
 @pytest.mark.parametrize("argv, one_thread", [
     (["dupecheck", "check", "x.jpg"], True),
     (["dupecheck", "--debug", "check", "x.jpg", "--top-k", "3"], True),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..defaults import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: engines.DEFAULT_MODEL
 from ..errors import UsageError
 from ..evidence import PDQ_MAX_SIDE, PDQ_MIN_SIDE
 from ..imaging import to_model_input
@@ -99,7 +100,6 @@ LITE0_DEFAULT_THRESHOLD = 0.70
 LITE0_MIN_THRESHOLD = 0.65  # the lowest at which no never-posted photo was flagged
 
 MODELS: dict[str, ModelSpec] = {}
-DEFAULT_MODEL = "resnet50"
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
