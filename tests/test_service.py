@@ -25,6 +25,7 @@ from dupecheck.service import (
     Pairing,
     host_allowed,
 )
+from dupecheck.store import open_index
 from dupecheck.tokens import TokenStore
 from helpers import (
     jpeg_bytes,
@@ -751,3 +752,73 @@ def test_serve_binds_loopback_believes_no_proxy_and_refuses_plain_http_to_the_ne
     assert r.exit_code == 0 and started[-1].proxy_headers is True
     probe = TestClient(started[-1].app)
     assert probe.get("/api/health", headers={"Host": "box.example"}).status_code == 200
+
+
+def test_six_photos_added_at_once_all_land(live, served):
+    """Adds at once take turns (the page does not queue a 503): each is added."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    port, token = live
+    _, _, state, *_ = served
+    before = len(open_index(state.index_dir))
+
+    def add(seed: int) -> int:
+        return httpx.post(f"http://127.0.0.1:{port}/api/add", headers=auth(token),
+                          files=[upload(f"new-{seed}.jpg", jpeg_bytes(synthetic_photo(seed)))],
+                          timeout=120).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(add, range(70, 76)))
+    assert codes == [200] * 6
+    assert len(open_index(state.index_dir)) == before + 6
+
+
+def test_an_add_queued_behind_another_does_not_run_once_its_token_is_revoked(
+        live, served, monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    import dupecheck.added
+
+    port, token = live
+    _, _, state, *_ = served
+    first_running, release = threading.Event(), threading.Event()
+    real = dupecheck.added.add_photos
+
+    def slow_add(*args, **kwargs):
+        first_running.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dupecheck.added, "add_photos", slow_add)
+    before = len(open_index(state.index_dir))
+
+    def add(seed: int) -> int:
+        return httpx.post(f"http://127.0.0.1:{port}/api/add", headers=auth(token),
+                          files=[upload(f"new-{seed}.jpg", jpeg_bytes(synthetic_photo(seed)))],
+                          timeout=60).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(add, 80)
+        assert first_running.wait(30)
+        second = pool.submit(add, 81)  # waits its turn behind the first
+        time.sleep(1.0)
+        TokenStore(state.tokens.dir).revoke("phone")
+        release.set()
+        assert first.result() == 200  # it was running: it finishes
+        assert second.result() == 401  # it was waiting: it never runs
+    assert len(open_index(state.index_dir)) == before + 1
+
+
+def test_add_has_the_services_pixel_limit_as_check_has(served, monkeypatch):
+    client, token, *_ = served
+    monkeypatch.setattr(service, "SERVICE_MAX_PIXELS", 100 * 100)
+    data = jpeg_bytes(synthetic_photo(90))  # more than 100 x 100
+    for endpoint in ("/api/add", "/api/check"):
+        r = client.post(endpoint, headers=auth(token), files=[upload("big.jpg", data)])
+        assert r.status_code == 400 and "pixel limit" in r.json()["error"], (endpoint, r.text)

@@ -26,7 +26,7 @@ from .engines import Engine, ModelSpec
 from .errors import DupecheckError, UsageError
 from .evidence import PDQ_MATCH_DISTANCE, pdq_distances, pdq_hash, sha256_bytes
 from .formats import IMAGE_FORMATS, SNIFF_BYTES, sniff
-from .imaging import decode
+from .imaging import MAX_PIXELS, decode
 from .localfeatures import (
     LocalFeatures,
     Shortlist,
@@ -115,6 +115,7 @@ class _Prepared:
     taken_at: str | None
 
 
+ADD_WAIT_S = 60.0  # an add behind another writer waits this long for its turn
 UPLOADED = "uploaded/"  # the path of a photo added through `serve`: its upload name
 
 
@@ -134,11 +135,13 @@ def parse_date(text: str | None) -> str | None:
 def add_photos(index_dir: Path, paths: Sequence[Source],
                engines: dict[str, tuple[ModelSpec, Callable[[], Engine]]],
                caption: str | None = None, date: str | None = None,
-               progress: ProgressHook | None = None) -> AddSummary:
+               progress: ProgressHook | None = None,
+               wait_s: float = ADD_WAIT_S) -> AddSummary:
     """Record photos as posted: hashed, embedded with every model the index holds, with
     local features, in a new generation. `engines` maps each of the index's models to its
-    spec and a loader (called once, only if something is new)."""
-    with writer_lock(index_dir):
+    spec and a loader (called once, only if something is new). Behind another writer it
+    waits its turn up to `wait_s` (two adds at once both land)."""
+    with writer_lock(index_dir, wait_s):
         index = open_index(index_dir)
         missing = set(index.models) - set(engines)
         if missing:
@@ -156,7 +159,9 @@ def add_photos(index_dir: Path, paths: Sequence[Source],
                     summary.already.append(name)
                     continue
                 photo = decode(data, name,
-                               draft=max(s.archive_draft_size for s, _ in engines.values()))
+                               draft=max(s.archive_draft_size for s, _ in engines.values()),
+                               max_pixels=path.max_pixels if isinstance(path, Upload)
+                               else MAX_PIXELS)
                 vectors = {}
                 for name in index.models:
                     spec, loader = engines[name]

@@ -65,6 +65,8 @@ FAILURE_CLIENTS = 4096  # clients remembered at most (the longest quiet forgotte
 MAX_STRANGER_REQUESTS = 64
 MAX_OWNER_REQUESTS = 8
 TOKEN_SCOPE_KEY = "dupecheck.token"  # the token's name, set by Gate for the app below it
+TOKEN_SECRET_KEY = "dupecheck.token.secret"  # the token itself: queued work asks again
+ADD_LOCK_WAIT_S = 5.0  # an add behind a CLI writer (an `index` run) waits this, then 503
 TOKEN_NEEDED = ("a valid token is needed: `Authorization: Bearer TOKEN` "
                 "(`dupecheck token create NAME`)")
 
@@ -268,12 +270,17 @@ class Gate:
                 return
         if name is not None:
             scope[TOKEN_SCOPE_KEY] = name
+            scope[TOKEN_SECRET_KEY] = token.strip()
             if self._owner_slots is None:
                 self._owner_slots = anyio.Semaphore(MAX_OWNER_REQUESTS)
             async with self._owner_slots:
+                if not self.state.tokens.still_valid(name, token.strip()):  # revoked meanwhile
+                    await _error(401, TOKEN_NEEDED)(scope, receive, send)
+                    return
                 await self.app(scope, receive, send)
             return
         scope.pop(TOKEN_SCOPE_KEY, None)
+        scope.pop(TOKEN_SECRET_KEY, None)
         if self.strangers >= MAX_STRANGER_REQUESTS:
             await _error(503, "too many requests at once; try again shortly",
                          {"Retry-After": "1"})(scope, receive, send)
@@ -472,6 +479,12 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
             raise ApiError(401, TOKEN_NEEDED)
         return str(name)
 
+    def still_authorised(request: Request) -> None:
+        """Work that waited its turn runs only while its token is still valid."""
+        name, secret = request.scope.get(TOKEN_SCOPE_KEY), request.scope.get(TOKEN_SECRET_KEY)
+        if name is None or secret is None or not state.tokens.still_valid(name, secret):
+            raise ApiError(401, TOKEN_NEEDED)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
         html = page_html()
@@ -533,7 +546,7 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
                 await f.close()
 
     @app.post("/api/check", dependencies=token)
-    async def check(
+    async def check(request: Request,
                     photo: Annotated[list[UploadFile], File(description="One or more photos.")],
                     top_k: Annotated[int, Form(ge=1, le=100)] = DEFAULT_TOP_K,
                     threshold: Annotated[float | None, Form(gt=0.0, le=1.0)] = None
@@ -542,6 +555,7 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         items = await uploads(photo)
 
         def run() -> dict[str, Any]:
+            still_authorised(request)  # revoked while it waited for a worker: not run
             index, _ = state.index()
             thr = state.threshold(threshold)
             results = check_photos(list(items), index, state.spec, state.engine, thr, top_k,
@@ -553,11 +567,14 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         doc = await anyio.to_thread.run_sync(run, limiter=workers)
         return JSONResponse(doc)
 
+    adding = anyio.Lock()  # adds from the service take turns here, holding no worker
+
     @app.post("/api/add", dependencies=token)
-    async def add(photo: Annotated[list[UploadFile], File()],
+    async def add(request: Request, photo: Annotated[list[UploadFile], File()],
                   caption: Annotated[str | None, Form(max_length=2200)] = None
                   ) -> JSONResponse:
-        """Record photos as posted now, as `dupecheck add` does."""
+        """Record photos as posted now, as `dupecheck add` does. Adds at once take turns
+        (each lands); one behind a CLI writer waits ADD_LOCK_WAIT_S, then 503."""
         items = await uploads(photo)
         if state.engines_for_add is None:
             raise ApiError(503, "adding is not available on this server")
@@ -566,12 +583,15 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         def run() -> dict[str, Any]:
             from .added import add_photos
 
-            summary = add_photos(state.index_dir, list(items), engines, caption)
+            still_authorised(request)  # revoked while it waited: nothing is written
+            summary = add_photos(state.index_dir, list(items), engines, caption,
+                                 wait_s=ADD_LOCK_WAIT_S)
             if summary.errors and not summary.added and not summary.already:
                 raise ApiError(400, "; ".join(summary.errors))
             return report.add_document(summary)
 
-        return JSONResponse(await anyio.to_thread.run_sync(run, limiter=workers))
+        async with adding:
+            return JSONResponse(await anyio.to_thread.run_sync(run, limiter=workers))
 
     @app.get("/api/thumb/{row}", responses={200: {"content": {"image/jpeg": {}}}},
              dependencies=token)

@@ -66,6 +66,7 @@ PHOTO_DIGESTS_FILE = "photos-sha256.npy"  # (N, 32) uint8: each row's photo SHA-
 PDQ_FILE = "pdq.npy"
 STAGING_DIR = "staging"
 LOCK_FILE = ".lock"
+WRITER_POLL_S = 0.05  # how often a waiting writer tries the lock again
 NOT_MATCHES_FILE = "not-matches.json"  # the person's "not a re-post" verdicts; survives re-index
 LOCAL_DESCRIPTORS_FILE = "local-descriptors.npy"  # (N, 256, 128) uint8 RootSIFT
 LOCAL_POINTS_FILE = "local-points.npy"  # (N, 256, 2) float16 keypoint positions
@@ -584,14 +585,21 @@ def _blake3(data: bytes | mmap.mmap) -> str:
 
 
 @contextlib.contextmanager
-def writer_lock(root: Path) -> Iterator[None]:
-    """One writer at a time per index; readers never wait."""
+def writer_lock(root: Path, wait_s: float = 0.0) -> Iterator[None]:
+    """One writer at a time per index; readers never wait. A writer waits up to `wait_s`
+    for the one before it (an add behind another add), then gives up naming why."""
     root.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
     with open(root / LOCK_FILE, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            raise IndexUnusable("another `dupecheck index` is writing this index", root) from exc
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise IndexUnusable("another `dupecheck index` is writing this index",
+                                        root) from exc
+                time.sleep(WRITER_POLL_S)
         try:
             yield
         finally:

@@ -166,6 +166,12 @@ class TokenStore:
             self._touch(found)
         return found
 
+    def still_valid(self, name: str, token: str) -> bool:
+        """Whether `token` is still `name`'s (not revoked, not replaced since it was
+        verified): work that waited its turn asks again before it runs."""
+        entry = self._load().get(name)
+        return entry is not None and hmac.compare_digest(_digest(token), str(entry["sha256"]))
+
     def _touch(self, name: str) -> None:
         if not self._stale(self._load().get(name, {}).get("last_used")):
             return  # the common case: no lock, no write
