@@ -254,6 +254,8 @@ def test_thumbnails_only_by_row(served):
     r = client.get("/api/thumb/0", headers=auth(token))
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(r.content)).size) <= 320
+    # never kept by the browser: after `token revoke` no cache answers for the server
+    assert r.headers["cache-control"] == "no-store"
     for bad in ("-1", "3", str(10**9)):
         r = client.get(f"/api/thumb/{bad}", headers=auth(token))
         assert r.status_code == 404 and "no row" in r.json()["error"]

@@ -13,6 +13,7 @@
   const COPY_FORMAT = 2;  // offline.py's FORMAT_VERSION
   const ORT_BASE = "/vendor/onnxruntime-web/";
   const TOKEN_KEY = "dupecheck-token";
+  const RASTER_THUMBS = ["webp", "jpeg", "png"];  // the thumbnail types a copy may name
   const PDQ_MATCH_DISTANCE = 31;
   const PDQ_MAX_SIDE = 512;
   const MIN_CROP_CHANGE = 0.02;
@@ -494,6 +495,9 @@
     if (!loaded) return null;
     const end = loaded.thumbEnds[row], start = row ? loaded.thumbEnds[row - 1] : 0;
     if (end <= start) return null;
+    // a raster type the page decodes, whatever the copy says: nothing from the copy
+    // becomes a document (an svg+xml "thumbnail" opened as a page would run script)
+    if (!RASTER_THUMBS.includes(loaded.header.thumb_format)) return null;
     return URL.createObjectURL(new Blob([loaded.thumbs.slice(start, end)], {type: "image/" + loaded.header.thumb_format}));
   }
 

@@ -604,7 +604,7 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         if data is None:
             raise ApiError(404, "the archive this photo came from cannot be read now")
         return Response(data, media_type="image/jpeg",
-                        headers={"Cache-Control": "private, max-age=3600"})
+                        headers={"Cache-Control": "no-store"})  # a revoke is final
 
     def offline_copy() -> Any:
         from .offline import build_copy

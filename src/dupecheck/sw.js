@@ -25,11 +25,14 @@ self.addEventListener("fetch", (event) => {
       url.pathname.startsWith("/api/")) {
     return;  // checks, pairing, thumbnails: always the computer's own answer
   }
-  const key = event.request.mode === "navigate" ? "/" : url.pathname;
-  if (!SHELL.includes(key)) return;
+  // Only the page is the app's shell: a navigation elsewhere (/openapi.json, the
+  // manifest opened as a page) is the network's alone, never stored as the page.
+  const key = url.pathname;
+  if (!SHELL.includes(key) || (event.request.mode === "navigate" && key !== "/")) return;
   event.respondWith(fetch(event.request)
     .then((response) => {
-      if (response.ok) {
+      const type = response.headers.get("Content-Type") || "";
+      if (response.ok && (key !== "/" || type.startsWith("text/html"))) {
         const copy = response.clone();
         caches.open(CACHE).then((c) => c.put(key, copy));
       }
