@@ -259,3 +259,72 @@ def republish(root: Path, edit: Any) -> None:
     (gen / "manifest.json").write_text(json.dumps(manifest))
     sha = hashlib.sha256((gen / "manifest.json").read_bytes()).hexdigest()
     (root / "CURRENT").write_text(f"{gen.name} {sha}\n")
+
+
+# -- hostile files: small, and asking a decoder for far more work than a photo ----------
+
+
+def progressive_jpeg_bomb(side: int = 7000, extra_scans: int = 8000) -> bytes:
+    """A progressive JPEG of a flat `side` x `side` grey whose last scan is repeated
+    `extra_scans` times: each repeat is another pass over every coefficient (7000 px and
+    8,000 repeats: ~80 KB asking for minutes of decoding)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buf, "JPEG", progressive=True, quality=50)
+    data = buf.getvalue()
+    pos, last = 2, (0, 0)
+    while data[pos + 1] != 0xD9:
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if data[pos + 1] != 0xDA:
+            pos += 2 + length
+            continue
+        end = pos + 2 + length
+        while data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7 or data[end] != 0xFF:
+            end = data.index(b"\xff", end + 1)
+        last, pos = (pos, end), end
+    return data[:last[1]] + data[last[0]:last[1]] * extra_scans + b"\xff\xd9"
+
+
+def rle8_bmp_bomb(width: int = 7000, height: int = 7000) -> bytes:
+    """An RLE8 BMP that codes one pixel a row (the rest of each row is left to the
+    decoder): a few bytes a row, width x height pixels to make."""
+    import struct
+
+    pixels = b"\x01\x00\x00\x00" * height + b"\x00\x01"
+    palette = b"\x00\x00\x00\x00" * 256
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835,
+                       256, 0)
+    return (b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info
+            + palette + pixels)
+
+
+def png_with_chunk(kind: bytes, size: int, side: int = 64) -> bytes:
+    """A small real PNG with a `size`-byte ancillary chunk of `kind` (eXIf, tEXt...)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 150)).save(buf, "PNG")
+    data = buf.getvalue()
+    body = b"\x00" * size
+    chunk = (struct.pack(">I", size) + kind + body
+             + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    return data[:33] + chunk + data[33:]  # after IHDR
+
+
+def gif_with_comment_blocks(blocks: int, side: int = 16) -> bytes:
+    """A small GIF whose comment extension is `blocks` one-byte sub-blocks long, before
+    its first frame."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("P", (side, side), 1).save(buf, "GIF")
+    data = buf.getvalue()
+    comment = b"\x21\xfe" + b"\x01x" * blocks + b"\x00"
+    flags = data[10]
+    after = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the colour table
+    return data[:after] + comment + data[after:]

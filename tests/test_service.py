@@ -824,3 +824,23 @@ def test_add_has_the_services_pixel_limit_as_check_has(served, monkeypatch):
     for endpoint in ("/api/add", "/api/check"):
         r = client.post(endpoint, headers=auth(token), files=[upload("big.jpg", data)])
         assert r.status_code == 400 and "pixel limit" in r.json()["error"], (endpoint, r.text)
+
+
+def test_decode_time_bombs_are_refused_in_time_and_the_owners_check_goes_on(served):
+    """A 78 KB progressive JPEG of 8,000 scans (39 s to decode before) and a 28 KB RLE
+    BMP (18 s), each twice, on /api/check and /api/add: refused as the photos they are
+    not, at once; the owner's ordinary check after them is answered as ever."""
+    import time
+
+    from helpers import progressive_jpeg_bomb, rle8_bmp_bomb
+
+    client, token, *_ = served
+    for name, data in (("scans.jpg", progressive_jpeg_bomb()), ("rle.bmp", rle8_bmp_bomb())):
+        for endpoint in ("/api/check", "/api/add"):
+            start = time.monotonic()
+            r = client.post(endpoint, headers=auth(token), files=[upload(name, data)] * 2)
+            assert time.monotonic() - start < 3, (name, endpoint)
+            assert r.status_code == 400 and name in r.json()["error"], r.text
+    r = client.post("/api/check", headers=auth(token),
+                    files=[upload("mine.jpg", jpeg_bytes(synthetic_photo(3)))])
+    assert r.status_code == 200 and r.json()["results"][0]["verdict"] != "error"

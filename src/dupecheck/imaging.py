@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 
 from .errors import ImageError
 from .formats import IMAGE_FORMATS, sniff
+from .screening import screen
 
 if TYPE_CHECKING:
     import numpy as np
@@ -148,6 +149,7 @@ def _decode_upright(data: bytes, name: str, draft: int | None,
     if fmt not in IMAGE_FORMATS:
         kind = f"a {fmt} video" if fmt in ("mp4", "webm") else "an unknown format"
         raise ImageError(f"not a photo ({kind})", name)
+    screen(data, fmt, name)  # a container that asks for more work than a photo needs
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
