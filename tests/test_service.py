@@ -602,31 +602,41 @@ def _asgi_request(path: str, headers: list[tuple[bytes, bytes]], method: str = "
 
 def test_no_byte_of_a_body_is_read_without_a_valid_token_and_requests_in_flight_are_capped(
         served, pauses):
-    """The gate answers from the headers: a wrong token's upload is never read. Requests
-    without a token that hold their connection open fill at most MAX_STRANGER_REQUESTS
-    places (then 503 at once), while the owner's requests still pass; the owner's own
-    requests wait their turn beyond MAX_OWNER_REQUESTS instead of all reading at once."""
-    client, token, *_ = served
-    assert (MAX_STRANGER_REQUESTS, MAX_OWNER_REQUESTS) == (64, 8)  # as SECURITY.md says
+    """The gate answers from the headers: a wrong token's upload is never parsed (the 401
+    is sent whole before a byte is read; then at most LINGER_BYTES are read and thrown
+    away, so that a client sending first reads the answer). Strangers
+    holding pairing requests open fill at most MAX_STRANGER_REQUESTS places (and one client
+    at most MAX_STRANGER_REQUESTS_PER_CLIENT; then 503 at once), while the page, its
+    worker, the health check and the owner's requests still pass; the owner's requests wait
+    their turn beyond MAX_OWNER_REQUESTS, one token's beyond MAX_REQUESTS_PER_TOKEN."""
+    client, token, state, *_ = served
+    assert (MAX_STRANGER_REQUESTS, service.MAX_STRANGER_REQUESTS_PER_CLIENT,
+            MAX_OWNER_REQUESTS, service.MAX_REQUESTS_PER_TOKEN) == (256, 32, 8, 4)  # SECURITY.md
     app = client.app
     form = [(b"content-type", b"multipart/form-data; boundary=zz"),
             (b"content-length", b"60000000")]
-    reads = 0
+    reads, sent_before_reading = 0, -1
+    sent: list[dict] = []
 
     async def counting_receive() -> dict:
-        nonlocal reads
+        nonlocal reads, sent_before_reading
+        if not reads:
+            sent_before_reading = len(sent)
         reads += 1
         return {"type": "http.request", "body": b"x" * 65536, "more_body": True}
 
-    async def run() -> None:
-        sent: list[dict] = []
+    def from_client(scope: dict, n: int) -> dict:
+        return {**scope, "client": (f"198.51.{n // 250}.{n % 250}", 1)}
 
+    async def run() -> None:
         async def collect(msg: dict) -> None:
             sent.append(msg)
 
         await app(_asgi_request("/api/check", [(b"authorization", b"Bearer dc_guess"), *form]),
                   counting_receive, collect)
-        assert sent[0]["status"] == 401 and reads == 0
+        assert sent[0]["status"] == 401 and sent_before_reading == 2  # head and body first
+        assert reads <= service.LINGER_BYTES // 65536 + 1
+        assert b"valid token" in b"".join(m.get("body", b"") for m in sent[1:])
 
         # Strangers holding pairing requests open, never sending their body.
         never = anyio.Event()
@@ -638,7 +648,7 @@ def test_no_byte_of_a_body_is_read_without_a_valid_token_and_requests_in_flight_
             await never.wait()
             return {"type": "http.disconnect"}
 
-        answers: dict[str, list[int]] = {"stranger": [], "owner": []}
+        answers: dict[str, list[int]] = {"stranger": [], "owner": [], "page": []}
 
         async def call(kind: str, scope: dict, receive) -> None:
             out: list[dict] = []
@@ -653,18 +663,29 @@ def test_no_byte_of_a_body_is_read_without_a_valid_token_and_requests_in_flight_
             return {"type": "http.request", "body": b"", "more_body": False}
 
         async with anyio.create_task_group() as tg:
-            for _ in range(MAX_STRANGER_REQUESTS):
+            for _ in range(service.MAX_STRANGER_REQUESTS_PER_CLIENT):  # one client's share
                 tg.start_soon(call, "stranger", _asgi_request("/api/pair", []), stalled)
-            while entered < MAX_STRANGER_REQUESTS:
+            while entered < service.MAX_STRANGER_REQUESTS_PER_CLIENT:
                 await anyio.sleep(0.01)
             await call("stranger", _asgi_request("/api/pair", []), empty)
             assert answers["stranger"] == [503]
+            for n in range(1, MAX_STRANGER_REQUESTS - service.MAX_STRANGER_REQUESTS_PER_CLIENT + 1):
+                tg.start_soon(call, "stranger", from_client(_asgi_request("/api/pair", []), n),
+                              stalled)
+            while entered < MAX_STRANGER_REQUESTS:
+                await anyio.sleep(0.01)
+            await call("stranger", from_client(_asgi_request("/api/pair", []), 999), empty)
+            assert answers["stranger"] == [503, 503]
+            for path in ("/", "/sw.js", "/api/health", "/manifest.webmanifest"):
+                await call("page", from_client(_asgi_request(path, [], "GET"), 999), empty)
+            assert answers["page"] == [200] * 4
             await call("owner", _asgi_request("/api/info", [(b"authorization",
                                                             f"Bearer {token}".encode())],
                                               "GET"), empty)
             assert answers["owner"] == [200]
             never.set()
-        # The owner: MAX_OWNER_REQUESTS read at once, the next waits for a place.
+        # The owner: one token's MAX_REQUESTS_PER_TOKEN read at once, every token's
+        # MAX_OWNER_REQUESTS; the next waits for a place.
         gate = app.app
         gate_entered = 0
         release = anyio.Event()
@@ -675,16 +696,24 @@ def test_no_byte_of_a_body_is_read_without_a_valid_token_and_requests_in_flight_
             await release.wait()
             return {"type": "http.disconnect"}
 
-        owner_scope = _asgi_request("/api/check", [
-            (b"authorization", f"Bearer {token}".encode()),
-            (b"content-type", b"multipart/form-data; boundary=zz")])  # under the limit
+        def owner_scope(secret: str) -> dict:
+            return _asgi_request("/api/check", [
+                (b"authorization", f"Bearer {secret}".encode()),
+                (b"content-type", b"multipart/form-data; boundary=zz")])  # under the limit
+
+        others = [state.tokens.create(f"other-{n}") for n in range(2)]
         async with anyio.create_task_group() as tg:
-            for _ in range(MAX_OWNER_REQUESTS + 1):
-                tg.start_soon(gate, dict(owner_scope), slow_owner, collect)
+            for _ in range(MAX_OWNER_REQUESTS):  # one token: its share alone gets in
+                tg.start_soon(gate, owner_scope(token), slow_owner, collect)
+            await anyio.sleep(0.5)
+            assert gate_entered == service.MAX_REQUESTS_PER_TOKEN
+            for secret in others:
+                for _ in range(service.MAX_REQUESTS_PER_TOKEN):
+                    tg.start_soon(gate, owner_scope(secret), slow_owner, collect)
             await anyio.sleep(0.5)
             assert gate_entered == MAX_OWNER_REQUESTS
             release.set()
-        assert gate_entered == MAX_OWNER_REQUESTS + 1
+        assert gate_entered == 2 * MAX_OWNER_REQUESTS
 
     anyio.run(run)
 
@@ -844,3 +873,94 @@ def test_decode_time_bombs_are_refused_in_time_and_the_owners_check_goes_on(serv
     r = client.post("/api/check", headers=auth(token),
                     files=[upload("mine.jpg", jpeg_bytes(synthetic_photo(3)))])
     assert r.status_code == 200 and r.json()["results"][0]["verdict"] != "error"
+
+
+def test_a_refusal_before_the_body_is_read_by_a_client_that_sends_the_body_first(live):
+    """Python's urllib sends its whole body before it reads: a 401 (wrong token) or 413
+    (over the limit by Content-Length) answered before the body reaches it intact, not as
+    a connection reset (the server reads and discards what is on its way, bounded)."""
+    import urllib.error
+    import urllib.request
+
+    port, token = live
+    body = b"--zz\r\n" + os.urandom(6 * 1024 * 1024)
+    for secret, status in (("dc_wrong", 401), (token, 413)):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/check", data=body, method="POST",
+            headers={"Authorization": f"Bearer {secret}",
+                     "Content-Type": "multipart/form-data; boundary=zz"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        assert caught.value.code == status and b"error" in caught.value.read()
+
+
+def test_a_pairing_body_that_trickles_is_cut_off(live, monkeypatch):
+    import time
+
+    monkeypatch.setattr(service, "STRANGER_BODY_S", 1.0)
+    port, _ = live
+    sock = _raw(port, b"POST /api/pair HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    start, answer = time.monotonic(), b""
+    sock.settimeout(0.5)
+    while b"\r\n\r\n" not in answer and time.monotonic() - start < 10:
+        try:
+            sock.sendall(b" ")  # one byte every half second
+            answer += sock.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - start < 4
+
+
+def test_wrong_tokens_waiting_out_their_delay_hold_no_place_of_the_pages(served, monkeypatch):
+    """Hundreds of wrong-token requests waiting out a failure delay: the page, the health
+    check and pairing are answered at once beside them."""
+    client, *_ = served
+    app = client.app
+    release = anyio.Event()
+    waiting = 0
+
+    async def pause(seconds: float) -> None:
+        nonlocal waiting
+        waiting += 1
+        await release.wait()
+
+    monkeypatch.setattr(service, "_pause", pause)
+
+    async def run() -> None:
+        statuses: list[int] = []
+
+        async def call(scope: dict) -> None:
+            out: list[dict] = []
+
+            async def keep(msg: dict) -> None:
+                out.append(msg)
+
+            async def body() -> dict:
+                return {"type": "http.request", "body": b'{"code": "x"}', "more_body": False}
+
+            await app(scope, body, keep)
+            statuses.append(out[0]["status"])
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(MAX_STRANGER_REQUESTS + 50):
+                tg.start_soon(call, _asgi_request("/api/info", [(b"authorization",
+                                                                 b"Bearer dc_guess")], "GET"))
+            while waiting < MAX_STRANGER_REQUESTS + 50:
+                await anyio.sleep(0.01)
+            for path in ("/", "/sw.js", "/api/health"):
+                await call(_asgi_request(path, [], "GET"))
+            assert statuses == [200, 200, 200]
+            with anyio.fail_after(5):  # pairing is answered too (a wrong code: its delay)
+                tg.start_soon(call, _asgi_request("/api/pair", [
+                    (b"content-type", b"application/json"), (b"content-length", b"13")]))
+                while waiting < MAX_STRANGER_REQUESTS + 51:
+                    await anyio.sleep(0.01)
+            release.set()
+        assert statuses.count(401) == MAX_STRANGER_REQUESTS + 51
+
+    anyio.run(run)

@@ -60,10 +60,22 @@ FAILURE_DELAY_S = 0.5
 MAX_FAILURE_DELAY_S = 10.0
 FAILURE_MEMORY_S = 600  # a client's failures are forgotten after ten quiet minutes
 FAILURE_CLIENTS = 4096  # clients remembered at most (the longest quiet forgotten first)
-# Requests in flight at once. Without a valid token: beyond this, 503 at once. With one:
-# beyond this they wait their turn (bounds the memory that uploads and decodes take).
-MAX_STRANGER_REQUESTS = 64
+# Requests in flight at once. With a valid token, beyond MAX_OWNER_REQUESTS they wait
+# their turn (bounds the memory that uploads and decodes take).
+# Requests without a token that read a body (pairing: 1 KB at most, within
+# STRANGER_BODY_S): beyond these, 503 at once. The page, its files and the health check
+# are never counted (they read no body), nor are 401s waiting out their delay.
+MAX_STRANGER_REQUESTS = 256
+MAX_STRANGER_REQUESTS_PER_CLIENT = 32
+STRANGER_BODY_S = 5.0  # a stranger's body (a pairing: 1 KB at most) arrives in this time
+MAX_WAITING_FAILURES = 1024  # 401s waiting out their delay (they hold no slot)
 MAX_OWNER_REQUESTS = 8
+MAX_REQUESTS_PER_TOKEN = 4  # one token's share: its slow uploads leave the others room
+# A refusal answered before the body (401, 413, 503) reads and discards what is still
+# coming, at most this much for this long, so that the client reads the answer.
+LINGER_BYTES = 8 * 1024 * 1024
+LINGER_S = 2.0
+MAX_LINGERING = 64
 TOKEN_SCOPE_KEY = "dupecheck.token"  # the token's name, set by Gate for the app below it
 TOKEN_SECRET_KEY = "dupecheck.token.secret"  # the token itself: queued work asks again
 ADD_LOCK_WAIT_S = 5.0  # an add behind a CLI writer (an `index` run) waits this, then 503
@@ -135,7 +147,7 @@ class BodyLimit:
         message = f"the upload is over the {self.max_bytes // (1024 * 1024)} MB limit"
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _error(413, message)(scope, receive, send)
+            await linger(_error(413, message), scope, receive, send)  # read by every client
             return
         received = 0
         over = False  # the body went over the limit: whatever the app answers, it is 413
@@ -231,9 +243,15 @@ def host_allowed(host_header: str, names: Iterable[str]) -> bool:
 class Gate:
     """In front of the app, from the request's headers alone (no body is read here):
     unknown Host names are refused (421); a valid bearer token passes, at most
-    MAX_OWNER_REQUESTS at a time (the rest wait); a request to a token-only endpoint
-    without one is answered 401 after its client's failure delay; requests without a
-    valid token are capped at MAX_STRANGER_REQUESTS in flight (503 beyond)."""
+    MAX_REQUESTS_PER_TOKEN of one token's and MAX_OWNER_REQUESTS in all at a time (the
+    rest wait); a request to a token-only endpoint without one is answered 401 after its
+    client's failure delay, holding no slot while it waits; requests without a valid
+    token that read a body (pairing) are capped at MAX_STRANGER_REQUESTS in flight and
+    MAX_STRANGER_REQUESTS_PER_CLIENT a client (503 beyond), and their body must arrive
+    within STRANGER_BODY_S. The page, its worker, manifest, icons, scripts and the health
+    check read no body and are answered whoever holds the slots. A refusal to a client
+    that is still sending its body is answered as nginx's lingering close does (see
+    `linger`), so every client reads it."""
 
     PUBLIC = ("/api/health", "/api/pair")
 
@@ -242,10 +260,35 @@ class Gate:
         self.state = state
         self.hosts = None if hosts is None else tuple(hosts)
         self.strangers = 0
+        self.strangers_by_client: dict[str, int] = {}
+        self.waiting_failures = 0
+        self.lingering = 0
         self._owner_slots: anyio.Semaphore | None = None
+        self._token_slots: dict[str, anyio.Semaphore] = {}
 
     def _needs_token(self, path: str) -> bool:
         return path.startswith("/api/") and path not in self.PUBLIC
+
+    @staticmethod
+    def _reads_no_body(scope: dict) -> bool:
+        """The page and what it loads, and the health check: GETs that no stranger's
+        requests can queue behind."""
+        path = scope.get("path", "")
+        return scope.get("method") in ("GET", "HEAD") and (
+            not path.startswith("/api/") or path == "/api/health")
+
+    async def refuse(self, response: Response, scope: dict,
+                     receive: Callable[[], Awaitable[dict]],
+                     send: Callable[[dict], Awaitable[None]]) -> None:
+        """Answer without reading the body; lingering (bounded) when one is coming."""
+        if not _has_body(scope) or self.lingering >= MAX_LINGERING:
+            await response(scope, receive, send)
+            return
+        self.lingering += 1
+        try:
+            await linger(response, scope, receive, send)
+        finally:
+            self.lingering -= 1
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
                        send: Callable[[dict], Awaitable[None]]) -> None:
@@ -255,46 +298,158 @@ class Gate:
         headers = dict(scope.get("headers") or [])
         host = headers.get(b"host", b"").decode("latin-1")
         if self.hosts is not None and not host_allowed(host, self.hosts):
-            await _error(421, "this server does not answer to that host name (start "
-                              "`dupecheck serve` with --allow-host NAME)")(scope, receive, send)
+            await self.refuse(_error(421, "this server does not answer to that host name "
+                                          "(start `dupecheck serve` with --allow-host NAME)"),
+                              scope, receive, send)
             return
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        token = token.strip()
         name = None
-        if scheme.lower() == "bearer" and token.strip():
+        if scheme.lower() == "bearer" and token:
             try:
-                name = self.state.tokens.verify(token.strip())
+                name = self.state.tokens.verify(token)
             except DupecheckError as exc:  # a damaged token file: the log says where
                 logging.getLogger("dupecheck.serve").error("tokens: %s", exc)
-                await _error(503, "the server cannot answer now; its log says why")(
-                    scope, receive, send)
+                await self.refuse(_error(503, "the server cannot answer now; its log says why"),
+                                  scope, receive, send)
                 return
         if name is not None:
-            scope[TOKEN_SCOPE_KEY] = name
-            scope[TOKEN_SECRET_KEY] = token.strip()
-            if self._owner_slots is None:
-                self._owner_slots = anyio.Semaphore(MAX_OWNER_REQUESTS)
-            async with self._owner_slots:
-                if not self.state.tokens.still_valid(name, token.strip()):  # revoked meanwhile
-                    await _error(401, TOKEN_NEEDED)(scope, receive, send)
-                    return
-                await self.app(scope, receive, send)
+            await self._as_owner(name, token, scope, receive, send)
             return
         scope.pop(TOKEN_SCOPE_KEY, None)
         scope.pop(TOKEN_SECRET_KEY, None)
-        if self.strangers >= MAX_STRANGER_REQUESTS:
-            await _error(503, "too many requests at once; try again shortly",
-                         {"Retry-After": "1"})(scope, receive, send)
+        client = (scope.get("client") or ("?",))[0]
+        if self._needs_token(scope.get("path", "")):
+            await self._refused_after_delay(client, scope, receive, send)
+        elif self._reads_no_body(scope):
+            await self.app(scope, receive, send)
+        else:
+            await self._as_stranger(client, scope, receive, send)
+
+    async def _as_owner(self, name: str, token: str, scope: dict,
+                        receive: Callable[[], Awaitable[dict]],
+                        send: Callable[[dict], Awaitable[None]]) -> None:
+        scope[TOKEN_SCOPE_KEY] = name
+        scope[TOKEN_SECRET_KEY] = token
+        if self._owner_slots is None:
+            self._owner_slots = anyio.Semaphore(MAX_OWNER_REQUESTS)
+        mine = self._token_slots.setdefault(name, anyio.Semaphore(MAX_REQUESTS_PER_TOKEN))
+        async with mine, self._owner_slots:  # one token never takes every owner's place
+            if not self.state.tokens.still_valid(name, token):  # revoked while it waited
+                await self.refuse(_error(401, TOKEN_NEEDED), scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+
+    async def _refused_after_delay(self, client: str, scope: dict,
+                                   receive: Callable[[], Awaitable[dict]],
+                                   send: Callable[[dict], Awaitable[None]]) -> None:
+        """401 after the client's failure delay; the wait holds no slot of the page's or
+        pairing's (only a count, MAX_WAITING_FAILURES, beyond which it is 503 at once)."""
+        if self.waiting_failures >= MAX_WAITING_FAILURES:
+            await self.refuse(_error(503, "too many requests at once; try again shortly",
+                                     {"Retry-After": "1"}), scope, receive, send)
+            return
+        self.waiting_failures += 1
+        try:
+            await _pause(self.state.failures.record(client))
+        finally:
+            self.waiting_failures -= 1
+        await self.refuse(_error(401, TOKEN_NEEDED), scope, receive, send)
+
+    async def _as_stranger(self, client: str, scope: dict,
+                           receive: Callable[[], Awaitable[dict]],
+                           send: Callable[[dict], Awaitable[None]]) -> None:
+        """Pairing and whatever else reads a body without a token: a bounded place, given
+        back once the body is in (the answer's failure delay holds none), and a body
+        deadline."""
+        mine = self.strangers_by_client.get(client, 0)
+        if self.strangers >= MAX_STRANGER_REQUESTS or mine >= MAX_STRANGER_REQUESTS_PER_CLIENT:
+            await self.refuse(_error(503, "too many requests at once; try again shortly",
+                                     {"Retry-After": "1"}), scope, receive, send)
             return
         self.strangers += 1
+        self.strangers_by_client[client] = mine + 1
+        held = True
+
+        def give_back() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.strangers -= 1
+                left = self.strangers_by_client.get(client, 1) - 1
+                if left:
+                    self.strangers_by_client[client] = left
+                else:
+                    self.strangers_by_client.pop(client, None)
+
+        deadline = anyio.current_time() + STRANGER_BODY_S
+        late = False
+
+        async def timed_receive() -> dict:
+            nonlocal late
+            if not held:  # the body is in (or gone): nothing more to wait for
+                return await receive()
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as waited:
+                msg = await receive()
+            if waited.cancelled_caught:
+                late = True
+                give_back()
+                return {"type": "http.disconnect"}
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                give_back()
+            return msg
+
+        async def answering(msg: dict) -> None:
+            if not late:
+                await send(msg)
+
         try:
-            if self._needs_token(scope.get("path", "")):
-                client = (scope.get("client") or ("?",))[0]
-                await _pause(self.state.failures.record(client))
-                await _error(401, TOKEN_NEEDED)(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+            await self.app(scope, timed_receive, answering)
         finally:
-            self.strangers -= 1
+            give_back()
+        if late:
+            await _error(408, f"the body did not arrive within {STRANGER_BODY_S:.0f} s")(
+                scope, receive, send)
+
+
+def _has_body(scope: dict) -> bool:
+    """Whether a body is on its way (a client waiting for 100-continue sends none)."""
+    headers = dict(scope.get("headers") or [])
+    if b"100-continue" in headers.get(b"expect", b"").lower():
+        return False
+    length = headers.get(b"content-length", b"0").strip()
+    return (not length.isdigit() or int(length) > 0
+            or b"chunked" in headers.get(b"transfer-encoding", b"").lower())
+
+
+async def linger(response: Response, scope: dict, receive: Callable[[], Awaitable[dict]],
+                 send: Callable[[dict], Awaitable[None]]) -> None:
+    """Send a refusal whole but keep the response open while the body that is still on
+    its way is read and thrown away, at most LINGER_BYTES for LINGER_S, nothing parsed.
+    A client that sends its whole body before reading (Python's urllib) would otherwise
+    meet a connection reset, not the answer, when the socket closes with unread bytes."""
+    sent_body = False
+
+    async def holding(msg: dict) -> None:
+        nonlocal sent_body
+        if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+            msg = {**msg, "more_body": True}  # complete once the client has had its say
+            sent_body = True
+        await send(msg)
+
+    await response(scope, receive, holding)
+    if not sent_body:
+        return
+    drained = 0
+    with anyio.move_on_after(LINGER_S):
+        while drained <= LINGER_BYTES:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                break
+            drained += len(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                break
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @dataclass
