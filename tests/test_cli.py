@@ -359,3 +359,35 @@ def test_a_check_ends_without_the_interpreters_teardown(indexed, candidates, tmp
     doc = json.loads(proc.stdout)
     assert [r["verdict"] for r in doc["results"]] == ["exact", "new"]
     assert marker.exists()
+
+
+def test_text_from_captions_and_photos_never_reaches_the_terminal_as_controls_or_markup(
+        tmp_path, indexed, tiny_weights):
+    """A caption added from the phone with terminal escapes (a clipboard write, a screen
+    clear, a window title, a bidi override) and an EXIF date that is markup: `check` and
+    `info` show them as text, with no control character and no style obeyed."""
+    from PIL import Image
+
+    from dupecheck.imaging import decode
+
+    hostile = ("[reverse]x[/reverse] \x1b]52;c;aGVsbG8=\x07 \x1b[2J\x1b]0;owned\x07 "
+               "\u202etxt.exe \x9b31m")
+    photo = tmp_path / "edited.jpg"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "[reverse]x[/rev] 12"  # 19 characters, not a date
+    synthetic_photo(77).save(photo, "JPEG", exif=exif)
+    invoke("add", str(photo), "--caption", hostile, "--index", str(indexed), "--weights",
+           str(tiny_weights), "--model", "tiny-test")
+    check = invoke("check", str(photo), "--index", str(indexed), "--weights", str(tiny_weights),
+                   "--model", "tiny-test", env={"COLUMNS": "300"})
+    assert check.exit_code == 1, check.output
+    info = invoke("info", "--index", str(indexed))
+    for text in (check.stdout, info.stdout, check.stderr):
+        assert not any(c in text for c in "\x1b\x07\x9b\u202e"), repr(text)
+    assert decode(photo.read_bytes(), "edited.jpg").taken_at is None  # its EXIF is no date
+    assert "\\x1b]52;c;aGVsbG8=\\x07" in check.stdout and "[reverse]x[/reverse]" in check.stdout
+    doc = json.loads(invoke("check", str(photo), "--index", str(indexed), "--weights",
+                            str(tiny_weights), "--model", "tiny-test", "--json").stdout)
+    top = doc["results"][0]["matches"][0]
+    assert top["caption"] == hostile  # --json keeps the text as it is (JSON escapes it)
+    assert top["taken_at"] is None or top["taken_at"][:4].isdigit()

@@ -7,6 +7,7 @@ phone's original and Instagram's re-encoded copy meet on equal terms.
 
 from __future__ import annotations
 
+import datetime
 import io
 import threading
 import warnings
@@ -204,6 +205,7 @@ def _exif_taken_at(img: Image.Image) -> str | None:
         offset = ifd.get(_OFFSET_TIME_ORIGINAL)
         if isinstance(offset, str) and len(offset.strip("\x00 ")) == 6:
             iso += offset.strip("\x00 ")
+        datetime.datetime.fromisoformat(iso)  # a date, or ValueError: never other text
         return iso
     except Exception:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -34,10 +35,30 @@ VERDICT_TEXT = {
 }
 
 
+# What a terminal would act on rather than show: C0 and C1 controls (ESC starts clipboard
+# writes, title changes, screen clears), DEL, and the bidirectional overrides that reorder
+# what is shown. Text from photos, captions and file names never reaches a terminal with
+# them, nor as Rich markup.
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: object) -> str:
+    """`text` as a terminal may show it: tabs and newlines as spaces, every other control
+    character as a visible \\xNN (or \\uNNNN) escape."""
+    line = str(text).replace("\t", " ").replace("\n", " ")
+    return _UNSHOWABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                           else f"\\u{ord(m[0]):04x}", line)
+
+
+def markup_safe(text: object) -> str:
+    """For an f-string that holds Rich markup of our own: the data shown, never obeyed."""
+    return escape(visible(text))
+
+
 def shorten(text: str | None, width: int = CAPTION_WIDTH) -> str:
     if not text:
         return ""
-    line = " ".join(text.split())
+    line = visible(" ".join(text.split()))
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -84,7 +105,7 @@ def render_check(console: Console, model: str, threshold: float,
         if result.verdict is None:
             continue  # its error line went to stderr
         style = VERDICT_STYLE[result.verdict]
-        console.print(Text.assemble((result.photo, "bold"), ": ", (result.verdict, style),
+        console.print(Text.assemble((visible(result.photo), "bold"), ": ", (result.verdict, style),
                                     f" ({VERDICT_TEXT[result.verdict]})"))
         if not result.matches:
             console.print("  (the index is empty)")
@@ -105,15 +126,16 @@ def render_check(console: Console, model: str, threshold: float,
                 evidence.append(f" ({m.variant})", style="dim")
             where = Text(shorten(m.photo.caption) or "(no caption)",
                          style="" if m.photo.caption else "dim")
-            where.append("\n" + m.photo.path, style="dim")
+            where.append("\n" + visible(m.photo.path), style="dim")
             if m.evidence == REFRAMED:
                 where.append(f"\nre-framed: {describe_transform(m)}", style="yellow")
-            table.add_row(str(m.rank), f"{m.score:.3f}", str(m.pdq_distance), evidence, kind,
-                          (m.photo.taken_at or "")[:10], where)
+            table.add_row(str(m.rank), f"{m.score:.3f}", str(m.pdq_distance), evidence,
+                          Text(visible(kind)), Text(visible((m.photo.taken_at or "")[:10])),
+                          where)
         console.print(table)
         if result.skipped:
             console.print(f"[dim]skipped {len(result.skipped)} archive photo(s) you marked not "
-                          f"a match: {escape(', '.join(result.skipped))}[/dim]")
+                          f"a match: {markup_safe(', '.join(result.skipped))}[/dim]")
         console.print()
     if all(r.verdict is None for r in results):
         return  # nothing was checked: the error lines say why
@@ -175,19 +197,19 @@ def render_index_summary(console: Console, summary: IndexSummary) -> None:
     console.print(table)
     layouts = ", ".join(summary.layouts) or "none"
     console.print(f"[dim]layout {layouts}; {summary.precision}; index at "
-                  f"{escape(summary.index)}[/dim]")
+                  f"{markup_safe(summary.index)}[/dim]")
     if summary.int8_fidelity and summary.precision == "int8":
         f = summary.int8_fidelity
         console.print(f"int8: cosine to fp32 >= {f['min_cosine']:.4f}, same nearest "
                       f"neighbour for {f['top1_agreement']:.1%} of {f['photos']} of your photos")
     if summary.precision_note:
-        console.print(f"[yellow]{escape(summary.precision_note)}[/yellow]")
+        console.print(f"[yellow]{markup_safe(summary.precision_note)}[/yellow]")
     if summary.added_replaced:
         console.print(f"{summary.added_replaced} photo(s) you added since the last export are "
                       f"in this export now: its records replace them")
     if summary.added_kept:
         console.print(f"{len(summary.added_kept)} photo(s) you added are not in this export "
-                      f"and stay added: " + escape(", ".join(summary.added_kept)))
+                      f"and stay added: " + markup_safe(", ".join(summary.added_kept)))
     for name in summary.dropped_models:
         console.print(f"[yellow]{name} embeddings dropped: they do not cover the new photos; "
                       f"run `dupecheck index ... --model {name}` to add them back[/yellow]")
@@ -202,10 +224,10 @@ def add_document(summary: Any) -> dict[str, Any]:
 
 def render_add(console: Console, summary: Any) -> None:
     for photo in summary.added:
-        console.print(Text.assemble(("added ", "green"), photo.path,
-                                    (f"  {(photo.taken_at or '')[:10]}", "dim")))
+        console.print(Text.assemble(("added ", "green"), visible(photo.path),
+                                    (f"  {visible((photo.taken_at or '')[:10])}", "dim")))
     for path in summary.already:
-        console.print(Text.assemble(("already in the index ", "dim"), path))
+        console.print(Text.assemble(("already in the index ", "dim"), visible(path)))
     console.print(f"[dim]{len(summary.added)} added; the index holds {summary.photos} "
                   f"photos[/dim]")
 
@@ -229,11 +251,11 @@ def info_document(index: Index) -> dict[str, Any]:
 
 def render_info(console: Console, index: Index, doc: dict[str, Any] | None = None) -> None:
     doc = doc or info_document(index)
-    console.print(f"[bold]{escape(doc['index'])}[/bold]: {doc['photos']} photos, "
-                  f"built {doc['created_at']}")
+    console.print(f"[bold]{markup_safe(doc['index'])}[/bold]: {doc['photos']} photos, "
+                  f"built {markup_safe(doc['created_at'])}")
     kinds = Table("kind", "photos", box=None, header_style="dim")
     for kind, count in doc["kinds"].items():
-        kinds.add_row(kind, str(count))
+        kinds.add_row(Text(visible(kind)), str(count))
     console.print(kinds)
     models = Table("model", "dim", "precision", "threshold", "weights SHA-256", "weights file",
                    box=None, header_style="dim")
@@ -241,13 +263,15 @@ def render_info(console: Console, index: Index, doc: dict[str, Any] | None = Non
         if name not in doc["models"]:
             continue
         threshold = f"{entry.threshold:g} (calibrated)" if entry.threshold else "default"
-        models.add_row(name, str(entry.dim), entry.precision, threshold,
-                       entry.weights_sha256[:16] + "…", escape(entry.weights_path))
+        models.add_row(Text(visible(name)), str(entry.dim), Text(visible(entry.precision)),
+                       threshold, Text(visible(entry.weights_sha256[:16] + "…")),
+                       Text(visible(entry.weights_path)))
     console.print(models)
     if doc["dates"]["first"]:
-        console.print(f"dates: {doc['dates']['first'][:10]} to {doc['dates']['last'][:10]}")
+        console.print(Text(f"dates: {visible(doc['dates']['first'][:10])} to "
+                           f"{visible(doc['dates']['last'][:10])}"))
     for archive in index.archives:
-        console.print(f"archive: {escape(archive)}")
+        console.print(Text(f"archive: {visible(archive)}"))
 
 
 # -- dupes ---------------------------------------------------------------------------
@@ -276,8 +300,8 @@ def render_dupes(console: Console, model: str, threshold: float,
         table.add_column("caption / path", overflow="fold", ratio=1)
         for p in group.photos:
             where = Text(shorten(p.caption) or "(no caption)", style="" if p.caption else "dim")
-            where.append("\n" + p.path, style="dim")
-            table.add_row(p.kind, (p.taken_at or "")[:10], where)
+            where.append("\n" + visible(p.path), style="dim")
+            table.add_row(Text(visible(p.kind)), Text(visible((p.taken_at or "")[:10])), where)
         console.print(table)
         console.print()
     similar = "off" if threshold >= 1.0 else f"cosine >= {threshold:g}"
@@ -366,7 +390,7 @@ def render_calibration(console: Console, results: list[Calibration]) -> None:
                 if r.margin is not None else ""
             console.print(f"recommended threshold: [bold]{r.recommended:g}[/bold]{margin}")
         for line in r.skipped:
-            console.print(f"[yellow]skipped:[/yellow] {escape(line)}")
+            console.print(f"[yellow]skipped:[/yellow] {markup_safe(line)}")
         console.print()
     edits = Table("edit", *[r.model for r in results], title="mean similarity of the edited "
                   "copy to its source", box=None, header_style="dim", title_justify="left")

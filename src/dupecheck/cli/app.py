@@ -30,10 +30,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def report_error(exc: BaseException) -> None:
-    from rich.markup import escape
+    from ..report import markup_safe
 
     # escaped: a file name or an install hint may hold [brackets] Rich would take as markup
-    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True,
+    err.print(f"[bold red]error:[/bold red] {markup_safe(str(exc))}", markup=True,
               highlight=False, soft_wrap=True)
 
 

@@ -98,13 +98,13 @@ def index(
 
         summary = build_index(archives, index_dir, spec, weights_path, rebuild=rebuild,
                               engine=engine, progress=on_progress, precision=precision)
-    for line in summary.errors:
-        err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False, markup=True,
-                  soft_wrap=True)
-    from rich.markup import escape
+    from ..report import markup_safe
 
+    for line in summary.errors:
+        err.print(f"[yellow]skipped:[/yellow] {markup_safe(line)}", highlight=False,
+                  markup=True, soft_wrap=True)
     for path in summary.added_without_copy:
-        err.print(f"[yellow]kept:[/yellow] {escape(path)}: its copy in added/ is gone or "
+        err.print(f"[yellow]kept:[/yellow] {markup_safe(path)}: its copy in added/ is gone or "
                   "changed; the photo stays in the index, found by its exact bytes and PDQ "
                   "hash (add it again to embed it)", highlight=False, soft_wrap=True)
     if json_out:
@@ -206,7 +206,8 @@ def check(
                                        task, completed=done))
     for r in results:
         if r.error:
-            err.print(f"[bold red]error:[/bold red] {r.error}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/bold red] {report.markup_safe(r.error)}", highlight=False,
+                      soft_wrap=True)
     if json_out:
         out.print_json(data=report.check_document(spec.name, thr, results))
     elif not quiet:
@@ -239,13 +240,13 @@ def _photos_in(paths: list[Path]) -> list[Path]:
     """Folders expand to the photos inside; what is skipped there is said, one line each."""
     if not any(p.is_dir() for p in paths):
         return paths
-    from rich.markup import escape
-
     from ..added import collect_photos
+    from ..report import markup_safe
 
     found, skipped = collect_photos(paths)
     for line in skipped:
-        err.print(f"[yellow]skipped:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]skipped:[/yellow] {markup_safe(line)}",
+                  highlight=False, soft_wrap=True)
     if not found:
         raise UsageError("no photo found in " + ", ".join(str(p) for p in paths))
     return found
@@ -289,11 +290,10 @@ def add(
     quiet: Quiet = False,
 ) -> None:
     """Record photos as posted now, until an export that holds them is indexed."""
-    from rich.markup import escape
-
     from .. import report
     from ..added import add_photos, parse_date
     from ..engines.base import choose_engine
+    from ..report import markup_safe
     from ..store import open_index
 
     parse_date(date)  # bad usage before any work
@@ -308,7 +308,8 @@ def add(
         summary = add_photos(index.root, photos, engines, caption, date,
                              progress=lambda done, total: bar.update(task, completed=done))
     for line in summary.errors:
-        err.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/bold red] {markup_safe(line)}",
+                  highlight=False, soft_wrap=True)
     if json_out:
         out.print_json(data=report.add_document(summary))
     elif not quiet:

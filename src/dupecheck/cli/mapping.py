@@ -72,7 +72,7 @@ def map_command(
             vocabulary = load_vocabulary(spec, _weights_for(index, spec, weights))
             named_by = spec.name
         except WeightsUnavailable as exc:
-            err.print(f"motifs are numbered, not named: {exc}", markup=False)
+            err.print(f"motifs are numbered, not named: {report.visible(exc)}", markup=False)
     thr = effective_threshold(threshold, entry.threshold if entry else None, spec.default_threshold)
     with _progress(quiet or json_out) as bar:
         task = bar.add_task("same photo", total=len(index))
