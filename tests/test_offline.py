@@ -182,3 +182,33 @@ def test_the_page_reads_the_format_this_version_writes():
     assert re.search(r"const COPY_FORMAT = (\d+);", script).group(1) == str(FORMAT_VERSION)
     for encoding in ("int8-pca", "float16-centred"):  # every encoding offline.py writes
         assert f'"{encoding}"' in script
+
+
+def test_two_first_requests_for_a_copy_build_it_once_and_agree_on_its_size(served, tmp_path,
+                                                                            monkeypatch):
+    """The service's /api/offline/info and /api/offline race for a new generation's copy:
+    one builds, the other waits and reads the same file."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dupecheck.thumbs
+
+    _, _, state, *_ = served
+    index = open_index(state.index_dir)
+    builds = []
+    real = dupecheck.thumbs.row_thumbnails
+
+    def slow_thumbnails(*args, **kwargs):
+        builds.append(threading.get_ident())
+        time.sleep(0.5)  # both callers are inside build_copy by now
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dupecheck.thumbs, "row_thumbnails", slow_thumbnails)
+    dest = tmp_path / "race.bin"
+    with ThreadPoolExecutor(2) as pool:
+        copies = list(pool.map(lambda _: build_copy(index, state.spec, 0.97, {}, dest=dest),
+                               range(2)))
+    assert len(builds) == 1
+    assert copies[0].bytes == copies[1].bytes == dest.stat().st_size
+    assert not list(tmp_path.glob(".race.bin.*"))  # no temporary left behind

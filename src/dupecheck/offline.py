@@ -22,7 +22,9 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,21 +158,44 @@ class OfflineCopy:
 def build_copy(index: Index, spec: ModelSpec, threshold: float,
                not_matches: dict[str, set[str]], dest: Path | None = None) -> OfflineCopy:
     """The container for this generation and model (made once; later calls reuse it)."""
-    from .thumbs import row_thumbnails
-
     model = spec.name
     not_pairs = {k: sorted(v) for k, v in sorted(not_matches.items())}
     key = hashlib.sha256(f"v{FORMAT_VERSION}|{threshold:g}|{json.dumps(not_pairs)}".encode()
                          ).hexdigest()[:12]  # a new format is a new file
     dest = dest or offline_dir() / f"{index.generation}-{model}-{key}.bin"
-    if dest.is_file():
-        with open(dest, "rb") as fh:
-            start = fh.read(len(MAGIC) + 4)
-            if start.startswith(MAGIC):
-                (length,) = struct.unpack_from("<I", start, len(MAGIC))
-                header = read_header(start + fh.read(length))
-                return OfflineCopy(dest, header["generation"], dest.stat().st_size,
-                                   header["embeddings_encoding"], header["photos"])
+    with _building(dest):  # two first requests for a new copy: one builds, one waits
+        made = _made(dest)
+        return made if made is not None else _build(index, spec, threshold, not_pairs, dest)
+
+
+_BUILDS: dict[Path, threading.Lock] = {}
+_BUILDS_LOCK = threading.Lock()
+
+
+def _building(dest: Path) -> threading.Lock:
+    with _BUILDS_LOCK:
+        return _BUILDS.setdefault(dest, threading.Lock())
+
+
+def _made(dest: Path) -> OfflineCopy | None:
+    """The copy already at `dest`, or None."""
+    if not dest.is_file():
+        return None
+    with open(dest, "rb") as fh:
+        start = fh.read(len(MAGIC) + 4)
+        if not start.startswith(MAGIC):
+            return None
+        (length,) = struct.unpack_from("<I", start, len(MAGIC))
+        header = read_header(start + fh.read(length))
+    return OfflineCopy(dest, header["generation"], dest.stat().st_size,
+                       header["embeddings_encoding"], header["photos"])
+
+
+def _build(index: Index, spec: ModelSpec, threshold: float,
+           not_pairs: dict[str, list[str]], dest: Path) -> OfflineCopy:
+    from .thumbs import row_thumbnails
+
+    model = spec.name
     matrix = np.asarray(index.embeddings(model), np.float32)
     encoding, sections, components = encode_embeddings(matrix)
     sections.append(("pdq", np.ascontiguousarray(index.pdq, np.uint8).tobytes()))
@@ -208,7 +233,7 @@ def build_copy(index: Index, spec: ModelSpec, threshold: float,
     }
     head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(MAGIC + struct.pack("<I", len(head)) + head)
         for _, data in sections:
