@@ -11,10 +11,14 @@ them, ResNet-50 with random weights on ONNX Runtime (speed does not depend on th
 
 Then, on a fresh server: 8 concurrent worst-case uploads with a valid token (PNGs just
 under the service's pixel limit whose decode takes the most memory: 8-bit RGBA and
-16-bit grey), the server's peak RSS after them; and a hostile mix beside the valid
-clients' checks (wrong tokens with 60 MB bodies, wrong tokens under spoofed
-X-Forwarded-For, uploads over the size limit, decompression bombs, a foreign Host): every
-valid check must succeed, and the table says how each hostile request was answered.
+16-bit grey; a PNG with a 60 MB eXIf chunk, a GIF of 30 million comment sub-blocks), the
+server's peak RSS after them; decode time bombs (a progressive JPEG of 8,000 scans, an
+RLE BMP of 7000 rows) twice at once beside the owner's check, each timed; and a hostile
+mix beside the valid clients' checks (wrong tokens with 60 MB bodies, wrong tokens under
+spoofed X-Forwarded-For, uploads over the size limit, decompression bombs, a foreign
+Host, /api/add of 100 MP, 64 strangers trickling pairing bodies, the page and health
+asked meanwhile): every valid check must succeed, and the table says how each hostile
+request was answered.
 """
 
 from __future__ import annotations
@@ -39,7 +43,13 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from bench import machine, random_weights, table  # noqa: E402
 
-from helpers import instagramify  # noqa: E402
+from helpers import (  # noqa: E402
+    gif_with_comment_blocks,
+    instagramify,
+    png_with_chunk,
+    progressive_jpeg_bomb,
+    rle8_bmp_bomb,
+)
 
 
 def free_port() -> int:
@@ -108,13 +118,18 @@ def hostile_phase(url: str, token: str, photo: bytes, pid: int, clients: int,
     headers = {"Authorization": f"Bearer {token}"}
     pngs = worst_case_pngs()
 
-    def upload(name: str, data: bytes, hdrs: dict[str, str]) -> int:
+    def upload(name: str, data: bytes, hdrs: dict[str, str], endpoint: str = "/api/check"
+               ) -> int:
         try:
-            return httpx.post(url + "/api/check", headers=hdrs, timeout=300,
+            return httpx.post(url + endpoint, headers=hdrs, timeout=300,
                               files={"photo": (name, data, "image/png")}).status_code
         except httpx.HTTPError:
             return 0  # the server answered and closed before the body was sent
 
+    # What is parsed before the pixels, at its largest: a 60 MB eXIf chunk, a GIF of
+    # 30 million comment sub-blocks (both ~60 MB, under the 64 MB upload limit).
+    pngs["exif-60mb.png"] = png_with_chunk(b"eXIf", 60_000_000)
+    pngs["gif-30m-comment-blocks.gif"] = gif_with_comment_blocks(30_000_000)
     names = [list(pngs)[n % len(pngs)] for n in range(8)]
     start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
@@ -124,6 +139,22 @@ def hostile_phase(url: str, token: str, photo: bytes, pid: int, clients: int,
     sizes = ", ".join(f"{n} {len(d) // 1024} KB" for n, d in pngs.items())
     print(f"\n8 concurrent worst-case uploads ({sizes}): statuses {sorted(worst)}, "
           f"{worst_s:.1f} s, server peak RSS {worst_peak} MB")
+    # Decode time bombs, twice each at once, and the owner's check beside them.
+    bombs = {"progressive-8000-scans.jpg": progressive_jpeg_bomb(),
+             "rle8-7000-rows.bmp": rle8_bmp_bomb()}
+    timed: dict[str, list[tuple[int, float]]] = {}
+
+    def timed_upload(name: str) -> None:
+        t0 = time.perf_counter()
+        status = upload(name, bombs[name], headers) if name in bombs else upload(
+            "IMG.jpg", photo, headers)
+        timed.setdefault(name, []).append((status, time.perf_counter() - t0))
+
+    with ThreadPoolExecutor(5) as pool:
+        list(pool.map(timed_upload, [*bombs, *bombs, "owner's check"]))
+    for name, runs in timed.items():
+        size = f" ({len(bombs[name]) // 1024} KB)" if name in bombs else ""
+        print(f"{name}{size}: " + ", ".join(f"{s} in {t:.2f} s" for s, t in runs))
 
     big = os.urandom(60 * 1024 * 1024)
     bomb = worst_case_bomb()
@@ -137,8 +168,58 @@ def hostile_phase(url: str, token: str, photo: bytes, pid: int, clients: int,
         "valid token, decompression bomb": lambda n: upload("bomb.png", bomb, headers),
         "foreign Host (DNS rebinding)": lambda n: httpx.get(
             url + "/api/health", headers={"Host": "evil.example"}, timeout=60).status_code,
+        "valid token, /api/add of a 100 MP PNG": lambda n: upload(
+            "big.png", hundred_mp, headers, "/api/add"),
+        "valid token, progressive JPEG of 8,000 scans": lambda n: upload(
+            "scans.jpg", bombs["progressive-8000-scans.jpg"], headers),
+        "pairing beside 64 strangers trickling theirs": lambda n: trickle_pair(),
+        "stranger, the page and the health check": lambda n: max(
+            httpx.get(url + path, timeout=10).status_code for path in ("/", "/sw.js",
+                                                                       "/api/health")),
     }
+    hundred_mp = hundred_megapixel_png()
+
+    def trickle_pair() -> int:
+        """64 connections sending a pairing body a byte every 2 s, and beside them a
+        pairing with a (wrong) code: its answer (401 is answered; 503 would be blocked)."""
+        def one() -> int:
+            sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])),
+                                            timeout=30)
+            try:
+                sock.sendall(b"POST /api/pair HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                             b"application/json\r\nContent-Length: 200\r\n\r\n")
+                sock.settimeout(2)
+                answer = b""
+                for _ in range(30):
+                    try:
+                        sock.sendall(b" ")
+                        answer += sock.recv(4096)
+                        if b"\r\n" in answer:
+                            break
+                    except TimeoutError:
+                        continue
+                return int(answer.split()[1]) if answer.startswith(b"HTTP/") else 0
+            except OSError:
+                return 0
+            finally:
+                sock.close()
+
+        with ThreadPoolExecutor(64) as trickling:
+            cut = [trickling.submit(one) for _ in range(64)]
+            time.sleep(1.5)
+            try:
+                status = httpx.post(url + "/api/pair", json={"code": "not-the-code"},
+                                    timeout=30).status_code
+            except httpx.HTTPError:
+                status = 0
+            for future in cut:
+                code = future.result()
+                with lock:
+                    trickled[code] = trickled.get(code, 0) + 1
+        return status
+
     answers: dict[str, dict[int, int]] = {k: {} for k in hostile}
+    trickled: dict[int, int] = {}
     valid: list[tuple[float, int]] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
@@ -175,14 +256,27 @@ def hostile_phase(url: str, token: str, photo: bytes, pid: int, clients: int,
     table(f"hostile mix for {seconds:.0f} s beside {clients} valid clients",
           ["requests", "answers (status: count)"],
           [[k, ", ".join(f"{s}: {c}" for s, c in sorted(v.items()))] for k, v in answers.items()]
-          + [["valid checks", f"{ok} of {len(valid)} answered 200, slowest {slowest:.2f} s"]])
+          + [["the trickling pairing bodies", ", ".join(
+              f"{s}: {c}" for s, c in sorted(trickled.items()))],
+             ["valid checks", f"{ok} of {len(valid)} answered 200, slowest {slowest:.2f} s"]])
     return {"worst_case_uploads": {"pngs": {n: len(d) for n, d in pngs.items()},
                                    "statuses": worst, "seconds": worst_s,
                                    "server_peak_rss_mb": worst_peak},
-            "hostile": {"seconds": seconds, "answers": answers,
+            "decode_bombs": timed,
+            "hostile": {"seconds": seconds, "answers": answers, "trickled": trickled,
                         "valid_checks": len(valid), "valid_ok": ok,
                         "valid_slowest_s": slowest,
                         "server_peak_rss_mb": vmhwm_mb(pid)}}
+
+
+def hundred_megapixel_png() -> bytes:
+    """A flat 10000 x 10000 PNG (a few hundred KB): over the service's 50 MP on any
+    endpoint."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (10000, 10000), 7).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def worst_case_bomb() -> bytes:

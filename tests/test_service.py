@@ -605,13 +605,13 @@ def test_no_byte_of_a_body_is_read_without_a_valid_token_and_requests_in_flight_
     """The gate answers from the headers: a wrong token's upload is never parsed (the 401
     is sent whole before a byte is read; then at most LINGER_BYTES are read and thrown
     away, so that a client sending first reads the answer). Strangers
-    holding pairing requests open fill at most MAX_STRANGER_REQUESTS places (and one client
-    at most MAX_STRANGER_REQUESTS_PER_CLIENT; then 503 at once), while the page, its
+    holding pairing requests open fill at most MAX_STRANGER_REQUESTS places (then 503 at
+    once), while the page, its
     worker, the health check and the owner's requests still pass; the owner's requests wait
     their turn beyond MAX_OWNER_REQUESTS, one token's beyond MAX_REQUESTS_PER_TOKEN."""
     client, token, state, *_ = served
-    assert (MAX_STRANGER_REQUESTS, service.MAX_STRANGER_REQUESTS_PER_CLIENT,
-            MAX_OWNER_REQUESTS, service.MAX_REQUESTS_PER_TOKEN) == (256, 32, 8, 4)  # SECURITY.md
+    assert (MAX_STRANGER_REQUESTS, MAX_OWNER_REQUESTS,
+            service.MAX_REQUESTS_PER_TOKEN) == (256, 8, 4)  # as SECURITY.md says
     app = client.app
     form = [(b"content-type", b"multipart/form-data; boundary=zz"),
             (b"content-length", b"60000000")]
@@ -663,19 +663,13 @@ def test_no_byte_of_a_body_is_read_without_a_valid_token_and_requests_in_flight_
             return {"type": "http.request", "body": b"", "more_body": False}
 
         async with anyio.create_task_group() as tg:
-            for _ in range(service.MAX_STRANGER_REQUESTS_PER_CLIENT):  # one client's share
-                tg.start_soon(call, "stranger", _asgi_request("/api/pair", []), stalled)
-            while entered < service.MAX_STRANGER_REQUESTS_PER_CLIENT:
-                await anyio.sleep(0.01)
-            await call("stranger", _asgi_request("/api/pair", []), empty)
-            assert answers["stranger"] == [503]
-            for n in range(1, MAX_STRANGER_REQUESTS - service.MAX_STRANGER_REQUESTS_PER_CLIENT + 1):
+            for n in range(MAX_STRANGER_REQUESTS):
                 tg.start_soon(call, "stranger", from_client(_asgi_request("/api/pair", []), n),
                               stalled)
             while entered < MAX_STRANGER_REQUESTS:
                 await anyio.sleep(0.01)
             await call("stranger", from_client(_asgi_request("/api/pair", []), 999), empty)
-            assert answers["stranger"] == [503, 503]
+            assert answers["stranger"] == [503]
             for path in ("/", "/sw.js", "/api/health", "/manifest.webmanifest"):
                 await call("page", from_client(_asgi_request(path, [], "GET"), 999), empty)
             assert answers["page"] == [200] * 4

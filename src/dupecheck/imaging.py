@@ -230,7 +230,7 @@ def to_rgb(img: Image.Image, draft: int | None = None) -> Image.Image:
     if has_alpha:
         rgba = img if mode == "RGBA" else img.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
+        flat.paste(rgba, mask=rgba)  # its alpha band, in place (no 1-byte-a-pixel copy)
         return shrink(flat)
     if mode == "L":
         return shrink(img).convert("RGB")

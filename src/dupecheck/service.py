@@ -14,6 +14,7 @@ thumbnails by row, so no path from a client touches the disk. Errors are JSON:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
@@ -22,7 +23,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -65,8 +66,9 @@ FAILURE_CLIENTS = 4096  # clients remembered at most (the longest quiet forgotte
 # Requests without a token that read a body (pairing: 1 KB at most, within
 # STRANGER_BODY_S): beyond these, 503 at once. The page, its files and the health check
 # are never counted (they read no body), nor are 401s waiting out their delay.
+# No share per client: behind `tailscale serve` every stranger is the same client, the
+# phone that is pairing too.
 MAX_STRANGER_REQUESTS = 256
-MAX_STRANGER_REQUESTS_PER_CLIENT = 32
 STRANGER_BODY_S = 5.0  # a stranger's body (a pairing: 1 KB at most) arrives in this time
 MAX_WAITING_FAILURES = 1024  # 401s waiting out their delay (they hold no slot)
 MAX_OWNER_REQUESTS = 8
@@ -246,8 +248,8 @@ class Gate:
     MAX_REQUESTS_PER_TOKEN of one token's and MAX_OWNER_REQUESTS in all at a time (the
     rest wait); a request to a token-only endpoint without one is answered 401 after its
     client's failure delay, holding no slot while it waits; requests without a valid
-    token that read a body (pairing) are capped at MAX_STRANGER_REQUESTS in flight and
-    MAX_STRANGER_REQUESTS_PER_CLIENT a client (503 beyond), and their body must arrive
+    token that read a body (pairing) are capped at MAX_STRANGER_REQUESTS in flight (503
+    beyond), and their body must arrive
     within STRANGER_BODY_S. The page, its worker, manifest, icons, scripts and the health
     check read no body and are answered whoever holds the slots. A refusal to a client
     that is still sending its body is answered as nginx's lingering close does (see
@@ -260,7 +262,6 @@ class Gate:
         self.state = state
         self.hosts = None if hosts is None else tuple(hosts)
         self.strangers = 0
-        self.strangers_by_client: dict[str, int] = {}
         self.waiting_failures = 0
         self.lingering = 0
         self._owner_slots: anyio.Semaphore | None = None
@@ -324,7 +325,7 @@ class Gate:
         elif self._reads_no_body(scope):
             await self.app(scope, receive, send)
         else:
-            await self._as_stranger(client, scope, receive, send)
+            await self._as_stranger(scope, receive, send)
 
     async def _as_owner(self, name: str, token: str, scope: dict,
                         receive: Callable[[], Awaitable[dict]],
@@ -356,19 +357,17 @@ class Gate:
             self.waiting_failures -= 1
         await self.refuse(_error(401, TOKEN_NEEDED), scope, receive, send)
 
-    async def _as_stranger(self, client: str, scope: dict,
+    async def _as_stranger(self, scope: dict,
                            receive: Callable[[], Awaitable[dict]],
                            send: Callable[[dict], Awaitable[None]]) -> None:
         """Pairing and whatever else reads a body without a token: a bounded place, given
         back once the body is in (the answer's failure delay holds none), and a body
         deadline."""
-        mine = self.strangers_by_client.get(client, 0)
-        if self.strangers >= MAX_STRANGER_REQUESTS or mine >= MAX_STRANGER_REQUESTS_PER_CLIENT:
+        if self.strangers >= MAX_STRANGER_REQUESTS:
             await self.refuse(_error(503, "too many requests at once; try again shortly",
                                      {"Retry-After": "1"}), scope, receive, send)
             return
         self.strangers += 1
-        self.strangers_by_client[client] = mine + 1
         held = True
 
         def give_back() -> None:
@@ -376,11 +375,6 @@ class Gate:
             if held:
                 held = False
                 self.strangers -= 1
-                left = self.strangers_by_client.get(client, 1) - 1
-                if left:
-                    self.strangers_by_client[client] = left
-                else:
-                    self.strangers_by_client.pop(client, None)
 
         deadline = anyio.current_time() + STRANGER_BODY_S
         late = False
@@ -690,14 +684,26 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
         index, _ = state.index()
         return report.info_document(index)
 
-    async def uploads(photo: list[UploadFile]) -> list[Upload]:
+    @contextlib.asynccontextmanager
+    async def uploads(photo: list[UploadFile]) -> AsyncIterator[Callable[[], list[Upload]]]:
+        """The uploads, read into memory only by the worker that checks them (`read()`,
+        in its thread): requests waiting for a worker hold their parts where Starlette
+        spooled them (over 1 MB, an unnamed temporary file), not as bytes."""
         if len(photo) > MAX_PHOTOS:
             raise ApiError(422, f"photo: at most {MAX_PHOTOS} photos a request")
+
+        def read() -> list[Upload]:
+            items = []
+            for n, f in enumerate(photo, 1):
+                f.file.seek(0)
+                items.append(Upload(_safe_name(f.filename, n), f.file.read(),
+                                    SERVICE_MAX_PIXELS))
+            return items
+
         try:
-            return [Upload(_safe_name(f.filename, n), await f.read(), SERVICE_MAX_PIXELS)
-                    for n, f in enumerate(photo, 1)]
+            yield read
         finally:
-            for f in photo:  # a part over 1 MB was spooled to an unnamed temporary file
+            for f in photo:
                 await f.close()
 
     @app.post("/api/check", dependencies=token)
@@ -707,20 +713,23 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
                     threshold: Annotated[float | None, Form(gt=0.0, le=1.0)] = None
                     ) -> JSONResponse:
         """Exactly the document of `dupecheck check --json`; `photo` is the file's name."""
-        items = await uploads(photo)
+        async with uploads(photo) as read:
 
-        def run() -> dict[str, Any]:
-            still_authorised(request)  # revoked while it waited for a worker: not run
-            index, _ = state.index()
-            thr = state.threshold(threshold)
-            results = check_photos(list(items), index, state.spec, state.engine, thr, top_k,
-                                   NotMatches(state.index_dir).load())
-            if all(r.error for r in results):
-                raise ApiError(400, "; ".join(r.error or "" for r in results))
-            return report.check_document(state.spec.name, thr, results)
+            def run() -> dict[str, Any]:
+                still_authorised(request)  # revoked while it waited for a worker: not run
+                return checked(read(), threshold, top_k)
 
-        doc = await anyio.to_thread.run_sync(run, limiter=workers)
+            doc = await anyio.to_thread.run_sync(run, limiter=workers)
         return JSONResponse(doc)
+
+    def checked(items: list[Upload], threshold: float | None, top_k: int) -> dict[str, Any]:
+        index, _ = state.index()
+        thr = state.threshold(threshold)
+        results = check_photos(items, index, state.spec, state.engine, thr, top_k,
+                               NotMatches(state.index_dir).load())
+        if all(r.error for r in results):
+            raise ApiError(400, "; ".join(r.error or "" for r in results))
+        return report.check_document(state.spec.name, thr, results)
 
     adding = anyio.Lock()  # adds from the service take turns here, holding no worker
 
@@ -730,23 +739,23 @@ def create_app(state: ServiceState, max_upload_bytes: int = 64 * 1024 * 1024,
                   ) -> JSONResponse:
         """Record photos as posted now, as `dupecheck add` does. Adds at once take turns
         (each lands); one behind a CLI writer waits ADD_LOCK_WAIT_S, then 503."""
-        items = await uploads(photo)
         if state.engines_for_add is None:
             raise ApiError(503, "adding is not available on this server")
         engines = state.engines_for_add
+        async with uploads(photo) as read:
 
-        def run() -> dict[str, Any]:
-            from .added import add_photos
+            def run() -> dict[str, Any]:
+                from .added import add_photos
 
-            still_authorised(request)  # revoked while it waited: nothing is written
-            summary = add_photos(state.index_dir, list(items), engines, caption,
-                                 wait_s=ADD_LOCK_WAIT_S)
-            if summary.errors and not summary.added and not summary.already:
-                raise ApiError(400, "; ".join(summary.errors))
-            return report.add_document(summary)
+                still_authorised(request)  # revoked while it waited: nothing is written
+                summary = add_photos(state.index_dir, read(), engines, caption,
+                                     wait_s=ADD_LOCK_WAIT_S)
+                if summary.errors and not summary.added and not summary.already:
+                    raise ApiError(400, "; ".join(summary.errors))
+                return report.add_document(summary)
 
-        async with adding:
-            return JSONResponse(await anyio.to_thread.run_sync(run, limiter=workers))
+            async with adding:
+                return JSONResponse(await anyio.to_thread.run_sync(run, limiter=workers))
 
     @app.get("/api/thumb/{row}", responses={200: {"content": {"image/jpeg": {}}}},
              dependencies=token)
