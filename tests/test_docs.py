@@ -50,7 +50,7 @@ def test_the_reference_names_every_option_of_every_command():
 
 def test_the_speed_page_shows_each_benchmarks_latest_run():
     runs = gen_docs.latest_runs()
-    assert runs["serve-load-hostile"].name == "2026-12-04-serve-load-hostile.txt"
+    assert runs["serve-load-hostile"].name == "2026-12-07-serve-load-hostile.txt"  # the newer
     assert runs["check-forms-new-600"].name == "2026-12-04-check-forms-new-600-3.txt"
     assert runs["install"].name == "2026-12-04-install-5.txt"  # the day's fifth run
     text = gen_docs.speed()
