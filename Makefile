@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The light install (no PyTorch), as `pip install dupecheck` makes it: the demo runs there.
 DEMO_VENV := .venv-demo
 
-.PHONY: demo light-check test test-all lint docs screenshots dist bench bench-reframed load-serve example clean
+.PHONY: demo light-check test test-slow test-all lint docs screenshots dist bench bench-reframed load-serve example clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ light-check:
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# The slow tier (real weights, the held-back photos, Chromium over the whole test set):
+# CI runs it after `make test`.
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -m "slow or not slow"

@@ -41,6 +41,7 @@ def test_precision_recall_table():
         (0.5, 0.6, 1.0), (0.91, 0.667, 0.667), (0.93, 1.0, 0.667), (0.999, 1.0, 0.0)]
 
 
+@pytest.mark.slow
 def test_calibration_is_deterministic_and_sound(indexed, tiny_weights):
     index = open_index(indexed)
     engine = load_engine(TINY, tiny_weights)

@@ -368,6 +368,7 @@ def _reframed_run(photos, tmp_path, part: str):
     return found, missed, false, len(never)
 
 
+@pytest.mark.slow
 def test_re_edits_of_the_held_back_photos_are_found_and_never_posted_ones_are_not(
         shared_photos, tmp_path):
     """The issue's target on the part never tuned on: >= 97% of 200 re-edits (off-centre

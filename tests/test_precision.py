@@ -83,6 +83,7 @@ def _stored_row_again(index, engine, row):
     return engine.embed_batch(pixels[None])[0]
 
 
+@pytest.mark.slow
 def test_int8_index_records_its_precision_and_check_runs_the_same_model(
         cli, photo_folder, tmp_path, resnet50_weights, monkeypatch, real_photos):
     # Random weights quantize worse than trained ones: the gate is loosened here so that
