@@ -365,6 +365,20 @@ def test_pairing_is_single_use(served):
     assert client.post("/api/pair", content=b"\xff not json").status_code == 400
 
 
+def test_json_that_nests_too_deep_for_the_parser_is_a_400(served, monkeypatch):
+    """Within 1 KB Python's parser reaches no recursion limit; one that does (a smaller
+    limit, another parser) raises RecursionError, which is the client's error, not a 500."""
+    client, *_ = served
+
+    def too_deep(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(service.json, "loads", too_deep)
+        status = client.post("/api/pair", content="[" * 400 + "]" * 400).status_code
+    assert status == 400
+
+
 def test_add_through_the_api_then_check_finds_it(served):
     client, token, *_ = served
     data = jpeg_bytes(synthetic_photo(60))
@@ -717,6 +731,9 @@ def test_a_form_with_too_many_files_or_fields_is_refused_and_spooled_parts_are_c
     assert (service.MAX_PHOTOS, service.MAX_FORM_FIELDS) == (20, 4)  # as SECURITY.md says
     tiny = jpeg_bytes(synthetic_photo(3))
     r = client.post("/api/check", headers=auth(token),
+                    files=[upload(f"{n}.jpg", tiny) for n in range(service.MAX_PHOTOS)])
+    assert r.status_code == 200 and len(r.json()["results"]) == service.MAX_PHOTOS
+    r = client.post("/api/check", headers=auth(token),
                     files=[upload(f"{n}.jpg", tiny) for n in range(service.MAX_PHOTOS + 1)])
     assert r.status_code == 400 and "files" in r.json()["error"].lower()
     r = client.post("/api/check", headers=auth(token), files=[upload("a.jpg", tiny)],
@@ -958,3 +975,61 @@ def test_wrong_tokens_waiting_out_their_delay_hold_no_place_of_the_pages(served,
         assert statuses.count(401) == MAX_STRANGER_REQUESTS + 51
 
     anyio.run(run)
+
+
+def test_two_checks_run_at_a_time_whatever_waits(live, served, monkeypatch):
+    """SECURITY.md's memory figure rests on it: CHECK_WORKERS (2) checks decode at once;
+    the other admitted requests wait for a worker."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    port, token = live
+    _, _, state, *_ = served
+    assert service.CHECK_WORKERS == 2  # as SECURITY.md says
+    running, most = 0, 0
+    lock = threading.Lock()
+    real = service.check_photos
+
+    def counting(*args, **kwargs):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.3)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(service, "check_photos", counting)
+    others = [token] + [state.tokens.create(f"more-{n}") for n in range(2)]
+
+    def check(n: int) -> int:
+        return httpx.post(f"http://127.0.0.1:{port}/api/check", headers=auth(others[n % 3]),
+                          files=[upload("a.jpg", jpeg_bytes(synthetic_photo(n)))],
+                          timeout=60).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(check, range(8))) == [200] * 8
+    assert most == service.CHECK_WORKERS
+
+
+def test_a_failure_delay_holds_only_its_own_request():
+    """The real delay (the `pauses` fixture replaces it elsewhere): while one request waits
+    out 0.5 s, the server's event loop goes on answering others."""
+    async def run() -> list[float]:
+        start = anyio.current_time()
+        ticks: list[float] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service._pause, 0.5)
+            for _ in range(5):
+                await anyio.sleep(0.02)
+                ticks.append(anyio.current_time() - start)
+        return ticks
+
+    ticks = anyio.run(run)
+    assert ticks[0] < 0.2 and ticks[-1] < 0.4, ticks
