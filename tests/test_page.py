@@ -123,6 +123,40 @@ def _pair_with_the_worker_in_control(browser, wait, base: str, state) -> None:
         "return navigator.serviceWorker.controller !== null") or d.refresh())
 
 
+def test_the_installed_page_opens_when_the_computer_answers_503(server, browser):
+    """Once installed, the page opens from the phone's copy when whatever answers at the
+    computer's address says 503 (busy, or a proxy in front of a server that is down),
+    not as the error."""
+    import http.server
+    import threading
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, state, *_ = server
+    _pair_with_the_worker_in_control(browser, WebDriverWait(browser, 60), base, state)
+    state.stop()
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "too many requests at once"}')
+
+        def log_message(self, *args) -> None:
+            pass
+
+    busy = http.server.HTTPServer(("127.0.0.1", int(base.rsplit(":", 1)[1])), Busy)
+    threading.Thread(target=busy.serve_forever, daemon=True).start()
+    try:
+        browser.get(base + "/")
+        assert browser.find_element(By.TAG_NAME, "h1").text == "Is it already on my Instagram?"
+    finally:
+        busy.shutdown()
+        busy.server_close()
+
+
 def test_the_page_installs_and_opens_with_the_computer_out_of_reach(server, browser):
     """A manifest and a service worker: once opened, the page opens again from the
     phone's copy when the server is gone, and says a check needs the computer."""

@@ -31,6 +31,9 @@ self.addEventListener("fetch", (event) => {
   if (!SHELL.includes(key) || (event.request.mode === "navigate" && key !== "/")) return;
   event.respondWith(fetch(event.request)
     .then((response) => {
+      if (key === "/" && response.status >= 500) {  // the computer is busy or broken:
+        return caches.match(key).then((hit) => hit || response);  // the kept page
+      }
       const type = response.headers.get("Content-Type") || "";
       if (response.ok && (key !== "/" || type.startsWith("text/html"))) {
         const copy = response.clone();
