@@ -796,23 +796,24 @@ def test_serve_binds_loopback_believes_no_proxy_and_refuses_plain_http_to_the_ne
     assert probe.get("/api/health", headers={"Host": "box.example"}).status_code == 200
 
 
+def _add_over_http(port: int, token: str, seed: int) -> int:
+    """POST one new photo to /api/add on the live server: its status."""
+    import httpx
+
+    return httpx.post(f"http://127.0.0.1:{port}/api/add", headers=auth(token),
+                      files=[upload(f"new-{seed}.jpg", jpeg_bytes(synthetic_photo(seed)))],
+                      timeout=120).status_code
+
+
 def test_six_photos_added_at_once_all_land(live, served):
     """Adds at once take turns (the page does not queue a 503): each is added."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import httpx
-
     port, token = live
     _, _, state, *_ = served
     before = len(open_index(state.index_dir))
-
-    def add(seed: int) -> int:
-        return httpx.post(f"http://127.0.0.1:{port}/api/add", headers=auth(token),
-                          files=[upload(f"new-{seed}.jpg", jpeg_bytes(synthetic_photo(seed)))],
-                          timeout=120).status_code
-
     with ThreadPoolExecutor(6) as pool:
-        codes = list(pool.map(add, range(70, 76)))
+        codes = list(pool.map(lambda seed: _add_over_http(port, token, seed), range(70, 76)))
     assert codes == [200] * 6
     assert len(open_index(state.index_dir)) == before + 6
 
@@ -822,8 +823,6 @@ def test_an_add_queued_behind_another_does_not_run_once_its_token_is_revoked(
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
-
-    import httpx
 
     import dupecheck.added
 
@@ -839,16 +838,10 @@ def test_an_add_queued_behind_another_does_not_run_once_its_token_is_revoked(
 
     monkeypatch.setattr(dupecheck.added, "add_photos", slow_add)
     before = len(open_index(state.index_dir))
-
-    def add(seed: int) -> int:
-        return httpx.post(f"http://127.0.0.1:{port}/api/add", headers=auth(token),
-                          files=[upload(f"new-{seed}.jpg", jpeg_bytes(synthetic_photo(seed)))],
-                          timeout=60).status_code
-
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(add, 80)
+        first = pool.submit(_add_over_http, port, token, 80)
         assert first_running.wait(30)
-        second = pool.submit(add, 81)  # waits its turn behind the first
+        second = pool.submit(_add_over_http, port, token, 81)  # waits its turn behind the first
         time.sleep(1.0)
         TokenStore(state.tokens.dir).revoke("phone")
         release.set()

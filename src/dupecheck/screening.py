@@ -86,8 +86,8 @@ def _bmp(data: bytes) -> str | None:
     compression = struct.unpack_from("<I", data, 30)[0]
     pixels = abs(width) * abs(height)
     if compression in (1, 2) and pixels > MAX_RLE_BMP_PIXELS:
-        return (f"an RLE-compressed BMP of {pixels} pixels, over the {MAX_RLE_BMP_PIXELS} "
-                f"this format is decoded to")
+        return (f"an RLE-compressed BMP of {pixels:,} pixels (this format is decoded up to "
+                f"{MAX_RLE_BMP_PIXELS:,})")
     return None
 
 

@@ -249,9 +249,9 @@ class Gate:
     rest wait); a request to a token-only endpoint without one is answered 401 after its
     client's failure delay, holding no slot while it waits; requests without a valid
     token that read a body (pairing) are capped at MAX_STRANGER_REQUESTS in flight (503
-    beyond), and their body must arrive
-    within STRANGER_BODY_S. The page, its worker, manifest, icons, scripts and the health
-    check read no body and are answered whoever holds the slots. A refusal to a client
+    beyond), and their body must arrive within STRANGER_BODY_S. The page, its worker,
+    manifest, icons, scripts and the health check read no body and are answered whoever
+    holds the slots. A refusal to a client
     that is still sending its body is answered as nginx's lingering close does (see
     `linger`), so every client reads it."""
 
